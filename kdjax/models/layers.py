@@ -1,0 +1,79 @@
+"""Layers that reproduce PyTorch numerics where Flax's defaults differ."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def torch_padding(kernel: int, padding: int | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Symmetric padding as in torch ``Conv2d(padding=p)``.
+
+  Flax's 'SAME' pads (0, 1) for stride-2 convolutions on even inputs while torch pads
+  (1, 1); the reference weights only reproduce with the torch convention.
+  """
+  p = kernel // 2 if padding is None else padding
+  return ((p, p), (p, p))
+
+
+def conv(features: int, kernel: int = 3, stride: int = 1, padding: int | None = None,
+         groups: int = 1, use_bias: bool = False, dtype: Dtype = jnp.float32,
+         name: str | None = None) -> nn.Conv:
+  """``nn.Conv`` with torch-style symmetric padding, no bias and He (fan-out) init."""
+  return nn.Conv(
+      features, (kernel, kernel), strides=(stride, stride),
+      padding=torch_padding(kernel, padding), feature_group_count=groups,
+      use_bias=use_bias, dtype=dtype,
+      kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'), name=name)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with torch semantics.
+
+  Normalises with the biased batch variance in training but updates the running
+  variance with the unbiased one (torch does; Flax uses the biased one), momentum 0.1,
+  eps 1e-5. Statistics are computed in float32 whatever the compute dtype. Under
+  ``jit`` with a batch sharded over devices the mean is over the global batch, i.e.
+  synchronised BatchNorm.
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  reduce_axes: Sequence[int] | None = None  # default: all but the last
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1)) if self.reduce_axes is None else tuple(self.reduce_axes)
+    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+    x32 = x.astype(jnp.float32)
+    if train:
+      mean = jnp.mean(x32, axis=axes)
+      var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+      if not self.is_initializing():
+        n = 1
+        for a in axes:
+          n *= x.shape[a]
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+def linear(features: int, fan_in: int, use_bias: bool = True, dtype: Dtype = jnp.float32,
+           name: str | None = None) -> nn.Dense:
+  """``nn.Dense`` initialised like torch ``nn.Linear`` (uniform in +-1/sqrt(fan_in))."""
+  bound = 1.0 / float(fan_in) ** 0.5
+  init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init, bias_init=init,
+                  name=name)
