@@ -1,0 +1,7 @@
+"""Distillation methods. Importing this package registers all of them."""
+from kdjax.methods import classic  # noqa: F401  (registers ce, kd)
+from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
+                                get_method, method_names, register)
+
+__all__ = ['Batch', 'InitContext', 'LossOutput', 'Method', 'MethodVars', 'ModelOutput',
+           'get_method', 'method_names', 'register']

@@ -1,0 +1,198 @@
+"""The configuration schema and the checks run before any expensive work.
+
+Every experiment config starts from ``base_config()`` and changes values; a key that
+the base does not have, or a value of another type, is a user error reported in one
+line that names the key and what is accepted.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+MODES = ('train', 'distill', 'evaluate', 'pipeline')
+SCHEDULES = ('multistep', 'cosine', 'constant')
+DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A configuration mistake, reported to the user in one line."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key kdjax understands, with the CIFAR-100 protocol (methods.md §1) as defaults."""
+  from kdjax import methods  # registry of method sub-configs
+
+  c = ml_collections.ConfigDict()
+  c.mode = 'distill'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cifar100'
+  c.data.source = 'auto'         # auto | builtin | archive | tfds | fake
+  c.data.path = ''               # archive file / extracted folder, or tfds data_dir
+  c.data.image_size = 32
+  c.data.crop_padding = 4        # 0 disables random crops
+  c.data.flip = True
+  c.data.fake_examples = 512     # only for data.source = fake (tests)
+  c.data.fake_classes = 10
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet8x4'     # the model being trained (student in distill mode)
+  c.model.dtype = 'float32'      # compute dtype; params stay float32
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.model = ''           # '' = take it from the checkpoint's metadata
+  c.teacher.checkpoint = ''      # exported model dir, or a kdjax workdir
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = 'kd'
+  c.method.gamma = 0.1           # weight of CE(z_s, y)
+  c.method.alpha = 0.9           # weight of KL_T(z_s || z_t)
+  c.method.beta = 0.0            # weight of the method's own term
+  c.method.temperature = 4.0
+  for name in methods.method_names():
+    sub = methods.get_method(name).default_config()
+    if len(sub):
+      c.method[name] = sub
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.05
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 5e-4    # coupled (added to the gradient), as torch SGD
+  c.optim.schedule = 'multistep'
+  c.optim.milestones = (150, 180, 210)
+  c.optim.decay_rate = 0.1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 240
+  c.train.batch_size = 64        # global batch, split over devices
+  c.train.eval_batch_size = 256
+  c.train.steps_per_call = 100   # steps fused in one jitted scan between host updates
+  c.train.eval_every = 1         # epochs
+  c.train.progress = True
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep = 2          # last N checkpoints, plus the best one
+  c.checkpoint.every = 1         # epochs
+
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.checkpoint = ''     # for mode=evaluate: exported model dir or workdir
+  c.evaluate.split = 'test'
+
+  # mode=pipeline: teacher (CE) -> student (method) -> student from scratch (CE)
+  c.pipeline = ml_collections.ConfigDict()
+  c.pipeline.teacher_model = 'resnet20'
+  c.pipeline.teacher_epochs = 10
+  c.pipeline.baseline = True
+  return c
+
+
+def _type_name(value: Any) -> str:
+  return type(value).__name__
+
+
+def _compatible(default: Any, value: Any) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(default, bool) and isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def _check_schema(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                  prefix: str = '') -> None:
+  for key in config.keys():
+    full = prefix + key
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f"; did you mean '{prefix}{close[0]}'?" if close else (
+          f"; accepted keys under '{prefix or 'config'}': {', '.join(sorted(schema.keys()))}")
+      raise ConfigError(f"unknown config key '{full}'{hint}")
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"config key '{full}' must be a group of keys, got {_type_name(value)}")
+      _check_schema(value, default, full + '.')
+    elif not _compatible(default, value):
+      raise ConfigError(f"config key '{full}' must be {_type_name(default)}, "
+                        f"got {_type_name(value)} {value!r}")
+
+
+def _one_of(key: str, value: str, accepted: Any) -> None:
+  if value not in accepted:
+    raise ConfigError(f"config key '{key}' is {value!r}; accepted: {', '.join(accepted)}")
+
+
+def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
+  for key in keys:
+    group, name = key.split('.')
+    if config[group][name] <= 0:
+      raise ConfigError(f"config key '{key}' must be > 0, got {config[group][name]!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for anything wrong that can be seen without training.
+
+  Checks structure and types against ``base_config()``, names against the registries,
+  the data source, the device split of the batch and the teacher checkpoint (its
+  metadata and variable shapes, not its values).
+  """
+  from kdjax import methods, models
+  from kdjax.data import DataError, check_source
+
+  _check_schema(config, base_config())
+  _one_of('mode', config.mode, MODES)
+  _one_of('model.name', config.model.name, models.model_names())
+  _one_of('model.dtype', config.model.dtype, DTYPES)
+  _one_of('method.name', config.method.name, methods.method_names())
+  _one_of('optim.schedule', config.optim.schedule, SCHEDULES)
+  _positive(config, 'train.epochs', 'train.batch_size', 'train.eval_batch_size',
+            'train.steps_per_call', 'optim.lr', 'checkpoint.keep', 'checkpoint.every',
+            'method.temperature')
+  n_dev = jax.device_count()
+  for key in ('train.batch_size', 'train.eval_batch_size'):
+    group, name = key.split('.')
+    if config[group][name] % n_dev:
+      raise ConfigError(f"config key '{key}' = {config[group][name]} is not divisible by the "
+                        f"{n_dev} devices; use a multiple of {n_dev}")
+  if config.optim.schedule == 'multistep' and list(config.optim.milestones) != sorted(
+      config.optim.milestones):
+    raise ConfigError(f"config key 'optim.milestones' must be increasing, got "
+                      f"{tuple(config.optim.milestones)}")
+  try:
+    check_source(config.data.name, config.data.source, config.data.path)
+  except DataError as e:
+    raise ConfigError(str(e)) from None
+
+  if config.mode == 'pipeline':
+    _one_of('pipeline.teacher_model', config.pipeline.teacher_model, models.model_names())
+  needs_teacher = config.mode == 'distill' and methods.get_method(config.method.name).needs_teacher
+  if needs_teacher:
+    if not config.teacher.checkpoint:
+      raise ConfigError(f"method '{config.method.name}' needs a teacher: set "
+                        "--config.teacher.checkpoint=PATH (an exported model or a kdjax workdir)")
+    if config.teacher.model:
+      _one_of('teacher.model', config.teacher.model, models.model_names())
+    _check_model_checkpoint('teacher.checkpoint', config.teacher.checkpoint, config.teacher.model)
+  if config.mode == 'evaluate':
+    if not config.evaluate.checkpoint:
+      raise ConfigError("mode 'evaluate' needs --config.evaluate.checkpoint=PATH "
+                        "(an exported model or a kdjax workdir)")
+    _check_model_checkpoint('evaluate.checkpoint', config.evaluate.checkpoint, '')
+
+
+def _check_model_checkpoint(key: str, path: str, model_name: str) -> None:
+  from kdjax.train import export
+  if not os.path.exists(path):
+    raise ConfigError(f"config key '{key}': {path} does not exist")
+  try:
+    export.check_exported(path, model_name)
+  except export.ExportError as e:
+    raise ConfigError(f"config key '{key}': {e}") from None

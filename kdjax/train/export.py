@@ -1,0 +1,105 @@
+"""Exported models: a trained network's variables plus what is needed to use it.
+
+An export is a directory holding ``kdjax_model.json`` (model name, class count, data
+normalisation, method) and ``variables/`` (an orbax checkpoint of ``params``,
+``batch_stats`` and the method's variables). Teachers for ``distill`` and models for
+``evaluate`` are read from exports; a kdjax workdir holds its final export in
+``model/``, and the torch converter writes the same format.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+META_FILE = 'kdjax_model.json'
+VARIABLES_DIR = 'variables'
+
+
+class ExportError(ValueError):
+  """A model export that is missing, unreadable or does not fit."""
+
+
+def resolve(path: str) -> str:
+  """The export directory for ``path`` (an export itself, or a workdir holding one)."""
+  path = os.path.abspath(path)
+  for candidate in (path, os.path.join(path, 'model')):
+    if os.path.isfile(os.path.join(candidate, META_FILE)):
+      return candidate
+  raise ExportError(f'{path} holds no kdjax model (no {META_FILE}); give an exported model '
+                    'directory or the workdir of a finished kdjax run')
+
+
+def read_meta(path: str) -> dict[str, Any]:
+  with open(os.path.join(resolve(path), META_FILE)) as f:
+    return json.load(f)
+
+
+def save(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
+  """Writes an export (overwriting one already there)."""
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  variables = jax.tree.map(np.asarray, jax.device_get(variables))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, VARIABLES_DIR), variables, force=True)
+  tmp = os.path.join(path, META_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(path, META_FILE))  # written last: its presence means complete
+
+
+def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Returns (meta, variables) with numpy leaves."""
+  path = resolve(path)
+  meta = read_meta(path)
+  with ocp.StandardCheckpointer() as ckptr:
+    variables = ckptr.restore(os.path.join(path, VARIABLES_DIR))
+  return meta, variables
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat}
+
+
+def check_variables(model_name: str, num_classes: int, variables: dict[str, Any]) -> None:
+  """Raises ExportError unless ``variables`` fit the model (names and shapes)."""
+  from kdjax.models import create_model
+  model = create_model(model_name, num_classes)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
+                                                                             np.float32)))
+  want = _shapes({'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})})
+  got = _shapes({'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})})
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  misshaped = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+  if missing or unexpected or misshaped:
+    parts = []
+    if missing:
+      parts.append(f'{len(missing)} missing (e.g. {missing[0]})')
+    if unexpected:
+      parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
+    if misshaped:
+      k = misshaped[0]
+      parts.append(f'{len(misshaped)} mis-shaped (e.g. {k}: expected {want[k]}, got {got[k]})')
+    raise ExportError(f'variables do not fit {model_name} with {num_classes} classes: '
+                      + '; '.join(parts))
+
+
+def check_exported(path: str, model_name: str = '') -> dict[str, Any]:
+  """Cheap validation of an export: metadata and variable shapes, no array reads."""
+  export_dir = resolve(path)
+  meta = read_meta(export_dir)
+  if model_name and meta['model'] != model_name:
+    raise ExportError(f"{export_dir} holds a {meta['model']}, not a {model_name}; "
+                      'fix the model name or the path')
+  with ocp.StandardCheckpointer() as ckptr:
+    shapes = ckptr.metadata(os.path.join(export_dir, VARIABLES_DIR))
+  tree = getattr(shapes, 'item_metadata', shapes)
+  tree = getattr(tree, 'tree', tree)
+  check_variables(meta['model'], meta['num_classes'], dict(tree))
+  return meta

@@ -1,0 +1,378 @@
+"""Runs a config: train a model, distil a student, evaluate an export, or all in a row.
+
+This is where the side effects live: data loading, device placement, the epoch loop,
+checkpoints, exports, metrics and the console.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from kdjax import methods
+from kdjax.config import ConfigError
+from kdjax.data import ArrayDataset, load_split
+from kdjax.methods import InitContext, MethodVars, ModelOutput
+from kdjax.models import create_model
+from kdjax.train import export
+from kdjax.train.checkpoint import Checkpoints
+from kdjax.train.mesh import batch_sharded, make_mesh, replicate
+from kdjax.train.metrics import MetricWriter, plot_curves
+from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
+from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step, forward
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the state was saved and the run can be resumed."""
+
+
+class NonFiniteLoss(Exception):
+  """A loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def epoch_indices(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The (steps, batch) dataset indices of one epoch: a permutation fixed by (seed, epoch).
+
+  The incomplete last batch is dropped so that every step has the same shape.
+  """
+  steps = num_examples // batch_size
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  return perm[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def eval_indices(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Sequential indices padded to whole batches, and the mask of the real ones."""
+  steps = math.ceil(num_examples / batch_size)
+  idx = np.arange(steps * batch_size)
+  mask = (idx < num_examples).astype(np.float32)
+  idx = np.where(idx < num_examples, idx, 0).astype(np.int32)
+  return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def chunk_size(steps_per_epoch: int, steps_per_call: int) -> int:
+  """The largest divisor of the epoch's step count not above ``steps_per_call``.
+
+  Every call then has the same shape (one compilation) and epochs end on a call boundary.
+  """
+  return max(d for d in range(1, min(steps_per_epoch, steps_per_call) + 1)
+             if steps_per_epoch % d == 0)
+
+
+def _method_config(config: ml_collections.ConfigDict) -> tuple[methods.Method,
+                                                                ml_collections.ConfigDict]:
+  """Mode 'train' is plain CE on labels whatever the method section says."""
+  if config.mode == 'train':
+    cfg = ml_collections.ConfigDict(dict(name='ce', gamma=1.0, alpha=0.0, beta=0.0,
+                                         temperature=config.method.temperature))
+    return methods.get_method('ce'), ml_collections.FrozenConfigDict(cfg)
+  return methods.get_method(config.method.name), ml_collections.FrozenConfigDict(config.method)
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What must not change between a checkpoint and the run resuming from it."""
+  return {'mode': config.mode, 'model': config.model.name, 'method': _method_config(config)[0].name,
+          'data': config.data.name, 'batch_size': config.train.batch_size,
+          'seed': config.seed, 'devices': jax.device_count()}
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDataset]:
+  d = config.data
+  kwargs = dict(source=d.source, path=d.path, image_size=d.image_size,
+                fake_examples=d.fake_examples, fake_classes=d.fake_classes, seed=config.seed)
+  return load_split(d.name, 'train', **kwargs), load_split(d.name, 'test', **kwargs)
+
+
+def load_teacher(config: ml_collections.ConfigDict, num_classes: int
+                 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+  meta, variables = export.load(config.teacher.checkpoint)
+  if meta['num_classes'] != num_classes:
+    raise ConfigError(f"config key 'teacher.checkpoint': the teacher predicts "
+                      f"{meta['num_classes']} classes but {config.data.name} has {num_classes}")
+  export.check_variables(meta['model'], meta['num_classes'], variables)
+  model = create_model(meta['model'], num_classes, DTYPES[config.model.dtype])
+  return model, {'params': variables['params'], 'batch_stats': variables['batch_stats']}, meta
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks between calls (saving needs the state)."""
+
+  def __init__(self):
+    self.raised = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _print(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (mode train) or distils (mode distill) in ``workdir``, resuming if possible."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  method, method_cfg = _method_config(config)
+  dtype = DTYPES[config.model.dtype]
+  train_ds, test_ds = load_data(config)
+  num_classes = train_ds.num_classes
+  batch = config.train.batch_size
+  steps_per_epoch = len(train_ds) // batch
+  if steps_per_epoch == 0:
+    raise ConfigError(f"config key 'train.batch_size' = {batch} is larger than the "
+                      f"{len(train_ds)} training examples")
+  teacher, teacher_vars, teacher_meta = None, {}, None
+  if method.needs_teacher:
+    teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
+
+  student = create_model(config.model.name, num_classes, dtype)
+  rng = jax.random.PRNGKey(config.seed)
+  init_key, method_key, state_key = jax.random.split(rng, 3)
+  sample = jnp.zeros((2,) + train_ds.images.shape[1:], jnp.float32)
+  student_vars = student.init(init_key, sample, train=False)
+  teacher_out = forward(teacher, teacher_vars, sample) if teacher is not None else None
+  mvars = method.init(InitContext(
+      rng=method_key, student=forward(student, student_vars, sample), teacher=teacher_out,
+      num_classes=num_classes, num_train=len(train_ds), config=method_cfg))
+  params = {'student': student_vars['params'], 'method': mvars.params}
+  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
+  tx = make_optimizer(config.optim, schedule, {
+      'student': jax.tree.map(lambda _: True, params['student']),
+      'method': method.decay_mask(mvars.params)})
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
+      opt_state=tx.init(params), method_state=mvars.state, rng=state_key)
+  state = replicate(state, mesh)
+
+  ckpts = Checkpoints(workdir, config.checkpoint.keep)
+  fp = fingerprint(config)
+  if ckpts.latest_step() is not None:
+    state, _ = ckpts.restore(state, fp)
+    _print(f'kdjax: resuming {workdir} from step {int(state.step)}')
+
+  images = replicate(train_ds.images, mesh)
+  labels = replicate(train_ds.labels, mesh)
+  test_images = replicate(test_ds.images, mesh)
+  test_labels = replicate(test_ds.labels, mesh)
+  teacher_vars = replicate(teacher_vars, mesh)
+  data = DataSpec(train_ds.mean, train_ds.std, config.data.crop_padding, config.data.flip)
+  step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh)
+  train_chunk = build_train_chunk(step_fn, mesh)
+  evaluate = build_eval(student, method, method_cfg, data, mesh)
+  eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
+  eval_idx = jax.device_put(eval_idx, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data')))
+  eval_mask = jax.device_put(eval_mask, eval_idx.sharding)
+  k = chunk_size(steps_per_epoch, config.train.steps_per_call)
+  idx_sharding = eval_idx.sharding
+
+  def run_eval(st: TrainState) -> dict[str, float]:
+    sums = jax.device_get(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
+                                    'method_state': st.method_state},
+                                   test_images, test_labels, eval_idx, eval_mask))
+    count = float(sums.pop('count'))
+    out = {'test/loss': float(sums.pop('loss')) / count}
+    out.update({f'test/accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
+    return out
+
+  meta = {'fingerprint': fp, 'model': config.model.name, 'num_classes': num_classes}
+  writer = MetricWriter(workdir)
+  best_path = os.path.join(workdir, 'best')
+  best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
+      os.path.join(best_path, export.META_FILE)) else -1.0
+  headline = None
+  last_eval: dict[str, float] = {}
+  start_epoch = int(state.step) // steps_per_epoch
+  _print(f'kdjax: {config.mode} {config.model.name} with {method.name} on {config.data.name} '
+         f'({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), '
+         f'{config.train.epochs} epochs of {steps_per_epoch} steps, batch {batch} over '
+         f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
+
+  def export_meta(step: int, accuracy: float) -> dict[str, Any]:
+    return {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
+            'dataset': config.data.name, 'mean': list(train_ds.mean), 'std': list(train_ds.std),
+            'image_size': int(train_ds.images.shape[1]), 'test_accuracy': accuracy,
+            'step': step,
+            'teacher': teacher_meta['model'] if teacher_meta else None}
+
+  def save_export(path: str, st: TrainState, accuracy: float) -> None:
+    export.save(path, {'params': st.params['student'], 'batch_stats': st.batch_stats['student'],
+                       'method': {'params': st.params['method'],
+                                  'batch_stats': st.batch_stats['method'],
+                                  'state': st.method_state}}, export_meta(int(st.step), accuracy))
+
+  t_start = time.time()
+  with _SigtermFlag() as sigterm:
+    for epoch in range(start_epoch, config.train.epochs):
+      offset = int(state.step) - epoch * steps_per_epoch
+      idx = epoch_indices(config.seed, epoch, len(train_ds), batch)[offset:]
+      chunks = idx.reshape(-1, k, batch)
+      progress = _progress(config, epoch, len(chunks) * k)
+      epoch_metrics: list[dict[str, np.ndarray]] = []
+      t_epoch = time.time()
+      pending = None
+      for c in chunks:
+        state, metrics = train_chunk(state, teacher_vars, images, labels,
+                                     jax.device_put(c, idx_sharding))
+        if pending is not None:  # read the previous call while this one runs
+          epoch_metrics.append(jax.device_get(pending))
+        pending = metrics
+        progress.update(k)
+        if sigterm.raised:
+          epoch_metrics.append(jax.device_get(pending))
+          _check_finite(epoch_metrics, int(state.step), k)
+          ckpts.save(int(state.step), state, meta, wait=True)
+          progress.close()
+          raise Preempted(f'SIGTERM: saved step {int(state.step)} in {ckpts.directory}; '
+                          'run the same command again to resume')
+      epoch_metrics.append(jax.device_get(pending))
+      progress.close()
+      _check_finite(epoch_metrics, int(state.step), k)
+      train_metrics = {f'train/{key}': float(np.mean(np.concatenate(
+          [np.atleast_1d(m[key]) for m in epoch_metrics]))) for key in epoch_metrics[0]}
+      seconds = time.time() - t_epoch
+      record = {'epoch': epoch + 1, **train_metrics,
+                'train/images_per_second': len(chunks) * k * batch / seconds,
+                'lr': float(schedule(int(state.step) - 1))}
+      last_epoch = epoch + 1 == config.train.epochs
+      if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
+        last_eval = run_eval(state)
+        record.update(last_eval)
+        headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
+        if headline > best_acc:
+          best_acc = headline
+          save_export(best_path, state, best_acc)
+      writer.write(int(state.step), record)
+      _print(_epoch_line(record, config.train.epochs))
+      if (epoch + 1) % config.checkpoint.every == 0 or last_epoch:
+        ckpts.save(int(state.step), state, meta)
+  ckpts.wait()
+  if not last_eval:
+    last_eval = run_eval(state)
+  headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
+  save_export(os.path.join(workdir, 'model'), state, headline)
+  writer.close()
+  ckpts.close()
+  plot = plot_curves(workdir)
+  summary = {'workdir': workdir, 'mode': config.mode, 'model': config.model.name,
+             'method': method.name, 'last_accuracy': headline, 'best_accuracy': max(best_acc, headline),
+             **last_eval, 'seconds': time.time() - t_start, 'curves': plot}
+  _print(f'kdjax: done. test accuracy last {100 * headline:.2f}% best '
+         f'{100 * summary["best_accuracy"]:.2f}%; model in {workdir}/model, curves {plot}')
+  return summary
+
+
+def _progress(config: ml_collections.ConfigDict, epoch: int, total: int):
+  from tqdm.auto import tqdm
+  return tqdm(total=total, desc=f'epoch {epoch + 1}/{config.train.epochs}', unit='step',
+              leave=False, disable=not config.train.progress, file=sys.stderr)
+
+
+def _check_finite(chunks: list[dict[str, np.ndarray]], step_after: int, k: int) -> None:
+  losses = np.concatenate([np.atleast_1d(c['loss']) for c in chunks])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    first = step_after - len(losses) + int(bad[0]) + 1
+    i = int(bad[0])
+    terms = {key: float(np.concatenate([np.atleast_1d(c[key]) for c in chunks])[i])
+             for key in chunks[0]}
+    raise NonFiniteLoss(f'non-finite loss at step {first} (terms of that call: {terms}); '
+                        'the last good checkpoint is kept; lower optim.lr or check the inputs')
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+  parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train/loss']:.4f}",
+           f"train acc {100 * record['train/accuracy']:.2f}%"]
+  parts += [f"{k.split('/')[-1]} {100 * v:.2f}%" for k, v in record.items()
+            if k.startswith('test/accuracy/')]
+  parts.append(f"{record['train/images_per_second']:.0f} img/s")
+  return 'kdjax: ' + ', '.join(parts)
+
+
+def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Evaluates an exported model on ``config.evaluate.split`` of ``config.data``."""
+  mesh = make_mesh()
+  meta, variables = export.load(config.evaluate.checkpoint)
+  d = config.data
+  ds = load_split(d.name, config.evaluate.split, source=d.source, path=d.path,
+                  image_size=d.image_size, fake_examples=d.fake_examples,
+                  fake_classes=d.fake_classes, seed=config.seed)
+  if meta['num_classes'] != ds.num_classes:
+    raise ConfigError(f"config key 'evaluate.checkpoint': the model predicts "
+                      f"{meta['num_classes']} classes but {d.name} has {ds.num_classes}")
+  export.check_variables(meta['model'], meta['num_classes'], variables)
+  method = methods.get_method(meta.get('method') or 'ce')
+  base = copy.deepcopy(config.method)
+  model = create_model(meta['model'], ds.num_classes, DTYPES[config.model.dtype])
+  # the export's own normalisation: the model was trained with it
+  data = DataSpec(tuple(meta.get('mean', ds.mean)), tuple(meta.get('std', ds.std)), 0, False)
+  evaluate = build_eval(model, method, ml_collections.FrozenConfigDict(base), data, mesh)
+  m = variables.get('method', {}) or {}
+  full = replicate({'params': {'student': variables['params'], 'method': m.get('params', {})},
+                    'batch_stats': {'student': variables['batch_stats'],
+                                    'method': m.get('batch_stats', {})},
+                    'method_state': m.get('state', {})}, mesh)
+  idx, mask = eval_indices(len(ds), config.train.eval_batch_size)
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
+  sums = jax.device_get(evaluate(full, replicate(ds.images, mesh), replicate(ds.labels, mesh),
+                                 jax.device_put(idx, spec), jax.device_put(mask, spec)))
+  count = float(sums.pop('count'))
+  result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
+            'loss': float(sums.pop('loss')) / count}
+  result.update({f'accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
+  accs = ', '.join(f'{k.split("/")[1]} {100 * v:.2f}%' for k, v in result.items()
+                   if k.startswith('accuracy/'))
+  _print(f"kdjax: {meta['model']} on {d.name}/{config.evaluate.split} "
+         f"({int(count)} examples): {accs}")
+  return result
+
+
+def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Teacher from labels, then the student distilled from it, then (optionally) the same
+  student from labels alone, so the effect of the teacher is measured in one command."""
+  stages = {}
+  teacher_cfg = copy.deepcopy(config)
+  teacher_cfg.mode = 'train'
+  teacher_cfg.model.name = config.pipeline.teacher_model
+  teacher_cfg.train.epochs = config.pipeline.teacher_epochs
+  stages['teacher'] = train(teacher_cfg, os.path.join(workdir, 'teacher'))
+  student_cfg = copy.deepcopy(config)
+  student_cfg.mode = 'distill'
+  student_cfg.teacher.checkpoint = os.path.join(workdir, 'teacher')
+  stages['student'] = train(student_cfg, os.path.join(workdir, 'student'))
+  if config.pipeline.baseline:
+    base_cfg = copy.deepcopy(config)
+    base_cfg.mode = 'train'
+    stages['baseline'] = train(base_cfg, os.path.join(workdir, 'baseline'))
+  _print('kdjax: pipeline summary (test top-1, last epoch / best)')
+  for name, s in stages.items():
+    _print(f"  {name:9s} {s['model']:12s} {s['method']:6s} "
+           f"{100 * s['last_accuracy']:6.2f}% / {100 * s['best_accuracy']:6.2f}%")
+  return stages
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  if config.mode == 'evaluate':
+    return evaluate_export(config)
+  if config.mode == 'pipeline':
+    return pipeline(config, workdir)
+  return train(config, workdir)

@@ -1,0 +1,137 @@
+"""The jitted train and eval steps, identical for every method.
+
+One train step: augment on device -> frozen teacher forward -> student forward ->
+method loss -> SGD update, then the method's epoch-end update at epoch boundaries.
+``lax.scan`` fuses ``K`` steps into one call so the host touches the device once per
+chunk; data lives on the device whole and batches are gathered by index.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from kdjax.data import augment, normalize
+from kdjax.methods import Batch, Method, MethodVars, ModelOutput
+from kdjax.train.mesh import batch_sharded, replicated
+from kdjax.train.state import TrainState, step_key
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+class DataSpec(NamedTuple):
+  """Static description of the on-device dataset's preprocessing."""
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  crop_padding: int
+  flip: bool
+
+
+def forward(model: nn.Module, variables: PyTree, images: jax.Array, train: bool = False
+            ) -> ModelOutput:
+  logits, feats = model.apply(variables, images, train=train)
+  return ModelOutput(logits, list(feats))
+
+
+def build_train_step(student: nn.Module, teacher: nn.Module | None, method: Method,
+                     method_config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                     data: DataSpec, steps_per_epoch: int, mesh: Mesh
+                     ) -> Callable[..., tuple[TrainState, Metrics]]:
+  """``step(state, teacher_vars, images, labels, idx) -> (state, metrics)``, not jitted.
+
+  ``images``/``labels`` are the whole training set (uint8 NHWC / int32) and ``idx`` the
+  (B,) dataset indices of this step's batch.
+  """
+  batch_sharding = batch_sharded(mesh)
+
+  def step(state: TrainState, teacher_vars: PyTree, images: jax.Array, labels: jax.Array,
+           idx: jax.Array) -> tuple[TrainState, Metrics]:
+    aug_key, method_key = jax.random.split(step_key(state))
+    x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
+    x = augment(aug_key, x, data.mean, data.std, data.crop_padding, data.flip)
+    batch = Batch(x, labels[idx], idx)
+    epoch = state.step // steps_per_epoch
+    teacher_out = None
+    if teacher is not None:
+      teacher_out = jax.lax.stop_gradient(forward(teacher, teacher_vars, x))
+
+    def loss_fn(params: PyTree):
+      (logits, feats), updates = student.apply(
+          {'params': params['student'], 'batch_stats': state.batch_stats['student']},
+          x, train=True, mutable=['batch_stats'])
+      student_out = ModelOutput(logits, list(feats))
+      out = method.loss(MethodVars(params['method'], state.batch_stats['method'],
+                                   state.method_state),
+                        student_out, teacher_out, batch, method_key, epoch, method_config)
+      return out.loss, (out, updates['batch_stats'], logits)
+
+    (loss, (out, student_stats, logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_step = state.step + 1
+    method_state = jax.lax.cond(
+        new_step % steps_per_epoch == 0,
+        lambda s: method.end_epoch(s, epoch, method_config), lambda s: s, out.state)
+    metrics = dict(out.metrics)
+    metrics['loss'] = loss
+    metrics['accuracy'] = jnp.mean(jnp.argmax(logits, -1) == batch.labels)
+    new_state = state.replace(
+        step=new_step, params=params, opt_state=opt_state, method_state=method_state,
+        batch_stats={'student': student_stats, 'method': out.batch_stats})
+    return new_state, metrics
+
+  return step
+
+
+def build_train_chunk(step: Callable[..., tuple[TrainState, Metrics]], mesh: Mesh
+                      ) -> Callable[..., tuple[TrainState, Metrics]]:
+  """Jits ``K`` consecutive steps as one scan: ``chunk(state, t_vars, images, labels, idx[K, B])``.
+
+  The state is donated; metrics come back stacked per step, shape (K,).
+  """
+  def chunk(state, teacher_vars, images, labels, idx):
+    return jax.lax.scan(lambda s, i: step(s, teacher_vars, images, labels, i), state, idx)
+
+  return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated(mesh))
+
+
+def build_eval(model: nn.Module, method: Method, method_config: ml_collections.ConfigDict,
+               data: DataSpec, mesh: Mesh) -> Callable[..., Metrics]:
+  """Jitted ``evaluate(variables, images, labels, idx[K, B], mask[K, B]) -> sums``.
+
+  ``variables`` = {'params', 'batch_stats', 'method_state'} as in the train state. The
+  last batch is padded and masked so every example counts exactly once; the result
+  holds per-head correct counts, the summed CE of the plain head and the count.
+  """
+  batch_sharding = batch_sharded(mesh)
+
+  def batch_sums(variables, images, labels, i, m):
+    x = normalize(jax.lax.with_sharding_constraint(images[i], batch_sharding),
+                  data.mean, data.std)
+    y = labels[i]
+    out = forward(model, {'params': variables['params']['student'],
+                          'batch_stats': variables['batch_stats']['student']}, x)
+    heads = method.eval_heads(variables['params']['method'], variables['batch_stats']['method'],
+                              variables['method_state'], out, method_config)
+    ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, y)
+    sums = {f'correct/{k}': jnp.sum((jnp.argmax(v, -1) == y) * m) for k, v in heads.items()}
+    sums['loss'] = jnp.sum(ce * m)
+    sums['count'] = jnp.sum(m)
+    return sums
+
+  def evaluate(variables, images, labels, idx, mask):
+    first = batch_sums(variables, images, labels, idx[0], mask[0])
+    def body(totals, xs):
+      sums = batch_sums(variables, images, labels, *xs)
+      return jax.tree.map(jnp.add, totals, sums), None
+    totals, _ = jax.lax.scan(body, first, (idx[1:], mask[1:]))
+    return totals
+
+  return jax.jit(evaluate, out_shardings=replicated(mesh))
