@@ -6,6 +6,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -77,3 +78,70 @@ def linear(features: int, fan_in: int, use_bias: bool = True, dtype: Dtype = jnp
   init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init, bias_init=init,
                   name=name)
+
+
+def _pool_pads(size: int, kernel: int, stride: int, padding: int,
+               ceil_mode: bool) -> tuple[int, int]:
+  """(low, high) padding reproducing torch's output size, including ``ceil_mode``.
+
+  In ceil mode torch adds one extra window if it starts inside the (left-padded)
+  input; that window may run past the end, so we pad the high side just enough.
+  """
+  span = size + 2 * padding - kernel
+  out = (-(-span // stride) if ceil_mode else span // stride) + 1
+  if ceil_mode and (out - 1) * stride >= size + padding:
+    out -= 1
+  high = max((out - 1) * stride + kernel - size - padding, 0)
+  return padding, high
+
+
+def _window_counts(size: int, kernel: int, stride: int, padding: int, out: int,
+                   count_include_pad: bool) -> np.ndarray:
+  """Per-axis torch divisor: the window clipped to the padded input (or to the input)."""
+  start = np.arange(out) * stride - padding
+  end = np.minimum(start + kernel, size + padding)
+  if not count_include_pad:
+    start, end = np.maximum(start, 0), np.minimum(end, size)
+  return (end - start).astype(np.float32)
+
+
+def avg_pool(x: jax.Array, kernel: int, stride: int | None = None, padding: int = 0,
+             ceil_mode: bool = False, count_include_pad: bool = True) -> jax.Array:
+  """torch ``F.avg_pool2d`` on NHWC (stats in float32).
+
+  torch divides by the window clipped to the *padded* input when
+  ``count_include_pad`` (the default), i.e. zeros of the explicit padding count
+  but the overhang of a ceil-mode window does not.
+  """
+  stride = kernel if stride is None else stride
+  (hl, hh) = _pool_pads(x.shape[1], kernel, stride, padding, ceil_mode)
+  (wl, wh) = _pool_pads(x.shape[2], kernel, stride, padding, ceil_mode)
+  dims, strides = (1, kernel, kernel, 1), (1, stride, stride, 1)
+  pads = ((0, 0), (hl, hh), (wl, wh), (0, 0))
+  x32 = x.astype(jnp.float32)
+  summed = jax.lax.reduce_window(x32, 0.0, jax.lax.add, dims, strides, pads)
+  count = (_window_counts(x.shape[1], kernel, stride, padding, summed.shape[1], count_include_pad)[:, None]
+           * _window_counts(x.shape[2], kernel, stride, padding, summed.shape[2], count_include_pad)[None, :])
+  count = jnp.asarray(count, jnp.float32)[None, :, :, None]
+  return (summed / count).astype(x.dtype)
+
+
+def max_pool(x: jax.Array, kernel: int, stride: int | None = None, padding: int = 0,
+             ceil_mode: bool = False) -> jax.Array:
+  """torch ``F.max_pool2d`` on NHWC (padding never wins the max)."""
+  stride = kernel if stride is None else stride
+  pads = ((0, 0), _pool_pads(x.shape[1], kernel, stride, padding, ceil_mode),
+          _pool_pads(x.shape[2], kernel, stride, padding, ceil_mode), (0, 0))
+  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+                               (1, kernel, kernel, 1), (1, stride, stride, 1), pads)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """Adaptive average pool to 1x1 + flatten; in float32 so bf16 runs keep precision."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+  """ShuffleNet shuffle on NHWC, same channel permutation as torch's view/permute on NCHW."""
+  *lead, c = x.shape
+  return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
