@@ -1,0 +1,65 @@
+"""ICD: invariant consistency distillation (spec §4, §7; fixture icd_loss)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kdjax.models.layers import linear
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class ICDHeads(nn.Module):
+  """Student and teacher projection heads plus the learnable similarity scalars.
+
+  Returns ``(e_s, e_t, log_scale, bias)``: ``e = l2normalize(Linear_{d -> dim}(f))``
+  (eps 1e-12) for each side (the teacher head is trained), ``log_scale`` = theta
+  (init 1.0, a LOG scale: default scale e) and ``bias`` = b (init 0.0), both scalars.
+  Torch ``embed_s.weight`` -> ``embed_s/kernel`` (transposed), ``tau`` -> ``log_scale``.
+  """
+  dim: int = 128
+  init_log_scale: float = 1.0
+  init_bias: float = 0.0
+
+  @nn.compact
+  def __call__(self, f_s: jax.Array, f_t: jax.Array):
+    f_s = f_s.reshape(f_s.shape[0], -1)
+    f_t = f_t.reshape(f_t.shape[0], -1)
+    e_s = _l2_normalize(linear(self.dim, f_s.shape[-1], name='embed_s')(f_s))
+    e_t = _l2_normalize(linear(self.dim, f_t.shape[-1], name='embed_t')(f_t))
+    log_scale = self.param('log_scale', nn.initializers.constant(self.init_log_scale), (),
+                           jnp.float32)
+    bias = self.param('bias', nn.initializers.constant(self.init_bias), (), jnp.float32)
+    return e_s, e_t, log_scale, bias
+
+
+def icd_logits(e_s: jax.Array, e_t: jax.Array, log_scale: jax.Array, bias: jax.Array,
+               max_scale: float = 10.0) -> jax.Array:
+  """``S = clip(exp(theta), 0, max_scale) * e_s e_t^T + b`` (B, B); above the cap the
+  scale is constant, so theta gets exactly zero gradient."""
+  scale = jnp.clip(jnp.exp(log_scale), 0.0, max_scale)
+  return scale * (e_s @ e_t.T) + bias
+
+
+def icd_loss(e_s: jax.Array, e_t: jax.Array, log_scale: jax.Array, bias: jax.Array, *,
+             max_scale: float = 10.0,
+             alpha_inv: float = 0.5) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """``L_con + alpha_inv * L_inv`` (spec §4).
+
+  ``L_con = CE(S, arange(B))`` over rows; ``L_inv = KL(P2 || P1)`` batchmean with
+  ``P1 = log_softmax(S, axis=1)`` and ``P2 = softmax(S, axis=0)^T``, the target NOT
+  detached. ``b`` cancels in both softmaxes. With data parallelism, pass the
+  globally gathered embeddings so the negatives are the whole global batch.
+  Returns ``(total, {'contrastive', 'invariance'})``.
+  """
+  s = icd_logits(e_s.astype(jnp.float32), e_t.astype(jnp.float32), log_scale, bias, max_scale)
+  n = s.shape[0]
+  log_p1 = jax.nn.log_softmax(s, axis=1)
+  contrastive = -jnp.mean(jnp.diagonal(log_p1))
+  log_p2 = jax.nn.log_softmax(s, axis=0).T
+  invariance = jnp.sum(jnp.exp(log_p2) * (log_p2 - log_p1)) / n
+  total = contrastive + alpha_inv * invariance
+  return total, {'contrastive': contrastive, 'invariance': invariance}
