@@ -19,14 +19,14 @@ def get_config(arg: str = ''):
   c.data.flip = False          # a mirrored digit is another symbol
   c.model.name = 'resnet8'
   c.pipeline.teacher_model = 'resnet20'
-  c.pipeline.teacher_epochs = 12
+  c.pipeline.teacher_epochs = 10
   c.method.name = 'kd'
   c.method.gamma = 0.1
   c.method.alpha = 0.9
   c.method.temperature = 4.0
   c.optim.lr = 0.05
   c.optim.schedule = 'cosine'
-  c.train.epochs = 12
+  c.train.epochs = 10
   c.train.batch_size = 64
   c.train.eval_batch_size = 128
   if arg == 'smoke':

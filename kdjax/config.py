@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 240
   c.train.batch_size = 64        # global batch, split over devices
   c.train.eval_batch_size = 256
-  c.train.steps_per_call = 100   # steps fused in one jitted scan between host updates
+  c.train.steps_per_call = 0     # steps fused in one jitted scan; 0 = auto (1 on CPU, 100 else)
   c.train.eval_every = 1         # epochs
   c.train.progress = True
 
@@ -153,17 +153,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of('model.dtype', config.model.dtype, DTYPES)
   _one_of('method.name', config.method.name, methods.method_names())
   _one_of('optim.schedule', config.optim.schedule, SCHEDULES)
-  _positive(config, 'train.epochs', 'train.batch_size', 'train.eval_batch_size',
-            'train.steps_per_call', 'optim.lr', 'checkpoint.keep', 'checkpoint.every',
+  _positive(config, 'train.epochs', 'train.batch_size', 'train.eval_batch_size', 'optim.lr', 'checkpoint.keep', 'checkpoint.every',
             'method.temperature')
+  if config.train.steps_per_call < 0:
+    raise ConfigError("config key 'train.steps_per_call' must be >= 0 (0 = automatic)")
   n_dev = jax.device_count()
   for key in ('train.batch_size', 'train.eval_batch_size'):
     group, name = key.split('.')
     if config[group][name] % n_dev:
       raise ConfigError(f"config key '{key}' = {config[group][name]} is not divisible by the "
                         f"{n_dev} devices; use a multiple of {n_dev}")
-  if config.optim.schedule == 'multistep' and list(config.optim.milestones) != sorted(
-      config.optim.milestones):
+  if list(config.optim.milestones) != sorted(config.optim.milestones):
     raise ConfigError(f"config key 'optim.milestones' must be increasing, got "
                       f"{tuple(config.optim.milestones)}")
   try:

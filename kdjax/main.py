@@ -11,6 +11,7 @@ A workdir that holds checkpoints of the same experiment is resumed.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -44,6 +45,11 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if config is None:
     _fail('--config is required, e.g. --config configs/default.py', 2)
+  try:
+    config.mode  # config_flags loads the file lazily and raises here if it could not
+  except OSError as e:
+    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    _fail(f'cannot load the --config file: {reason}', 2)
   if config.mode != 'evaluate' and not _WORKDIR.value:
     _fail('--workdir is required, e.g. --workdir /tmp/kdjax_run', 2)
   try:
@@ -57,5 +63,27 @@ def main(argv: list[str]) -> None:
     _fail(str(e), _PLATFORM_EXIT_CODES['nonfinite'])
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with override mistakes turned into one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit:  # absl exits 1 after printing --help; asking for help is no failure
+    if any(a in ('--help', '-h', '--helpfull', '--helpshort') for a in argv):
+      sys.exit(0)
+    raise
+  except (KeyError, AttributeError) as e:  # ml_collections: unknown key in --config.<key>
+    text = str(e)
+    key = re.search(r"(\w+)", text)
+    close = re.search(r'Did you mean "(\w+)"', text)
+    hint = f'; did you mean {close.group(1)!r}?' if close else '; see the config file for the keys'
+    _fail(f"unknown config key {key.group(1) if key else text!r} in a --config override{hint}", 2)
+  except (flags.Error, ValueError, TypeError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # a failing get_config() arrives as a whole traceback: its last line is the reason
+    reason = lines[-1] if 'Traceback' in str(e) else ' '.join(lines)
+    _fail(f'{reason}; see --help', 2)
+  return []
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -10,6 +10,10 @@ import json
 import os
 from pathlib import Path
 
+# Eight simulated CPU devices for the whole session, so sharding is exercised by every
+# test; must be set before JAX initialises its backend.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
 import numpy as np
 import pytest
 
@@ -41,3 +45,43 @@ def torch_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
   return np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def tiny_config(**overrides):
+  """A config that trains in seconds on the fake source (tests only).
+
+  ``overrides`` use dotted keys with '__' for '.', e.g. ``train__epochs=3``.
+  """
+  from kdjax.config import base_config
+  c = base_config()
+  c.mode = 'train'
+  c.data.name = 'fake'
+  c.data.source = 'fake'
+  c.data.fake_examples = 256
+  c.data.fake_classes = 4
+  c.data.crop_padding = 2
+  c.model.name = 'resnet8'
+  c.method.name = 'kd'
+  c.optim.lr = 0.05
+  # decayed to ~0 at the end so BatchNorm running statistics catch up with the weights
+  c.optim.schedule = 'cosine'
+  c.train.epochs = 2
+  c.train.batch_size = 32
+  c.train.eval_batch_size = 64
+  c.train.progress = False
+  for key, value in overrides.items():
+    *groups, name = key.split('__')
+    node = c
+    for g in groups:
+      node = node[g]
+    node[name] = value
+  return c
+
+
+@pytest.fixture(scope='session')
+def fake_teacher(tmp_path_factory) -> str:
+  """A resnet8 teacher trained briefly on the fake data; returns its workdir."""
+  from kdjax.train.loop import train
+  workdir = str(tmp_path_factory.mktemp('teacher'))
+  train(tiny_config(train__epochs=5), workdir)
+  return workdir

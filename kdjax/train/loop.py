@@ -26,7 +26,7 @@ from kdjax.methods import InitContext, MethodVars, ModelOutput
 from kdjax.models import create_model
 from kdjax.train import export
 from kdjax.train.checkpoint import Checkpoints
-from kdjax.train.mesh import batch_sharded, make_mesh, replicate
+from kdjax.train.mesh import DATA_AXIS, batch_sharded, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, plot_curves
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step, forward
@@ -177,13 +177,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   teacher_vars = replicate(teacher_vars, mesh)
   data = DataSpec(train_ds.mean, train_ds.std, config.data.crop_padding, config.data.flip)
   step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh)
-  train_chunk = build_train_chunk(step_fn, mesh)
+  k = chunk_size(steps_per_epoch, config.train.steps_per_call or (
+      1 if jax.devices()[0].platform == 'cpu' else 100))
+  train_chunk = build_train_chunk(step_fn, mesh, k)
   evaluate = build_eval(student, method, method_cfg, data, mesh)
   eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
-  eval_idx = jax.device_put(eval_idx, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data')))
-  eval_mask = jax.device_put(eval_mask, eval_idx.sharding)
-  k = chunk_size(steps_per_epoch, config.train.steps_per_call)
-  idx_sharding = eval_idx.sharding
+  idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
 
   def run_eval(st: TrainState) -> dict[str, float]:
     sums = jax.device_get(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
@@ -235,8 +234,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                      jax.device_put(c, idx_sharding))
         if pending is not None:  # read the previous call while this one runs
           epoch_metrics.append(jax.device_get(pending))
+          progress.update(k)
         pending = metrics
-        progress.update(k)
         if sigterm.raised:
           epoch_metrics.append(jax.device_get(pending))
           _check_finite(epoch_metrics, int(state.step), k)
@@ -245,6 +244,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           raise Preempted(f'SIGTERM: saved step {int(state.step)} in {ckpts.directory}; '
                           'run the same command again to resume')
       epoch_metrics.append(jax.device_get(pending))
+      progress.update(k)
       progress.close()
       _check_finite(epoch_metrics, int(state.step), k)
       train_metrics = {f'train/{key}': float(np.mean(np.concatenate(
@@ -332,9 +332,8 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     'method': m.get('batch_stats', {})},
                     'method_state': m.get('state', {})}, mesh)
   idx, mask = eval_indices(len(ds), config.train.eval_batch_size)
-  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
   sums = jax.device_get(evaluate(full, replicate(ds.images, mesh), replicate(ds.labels, mesh),
-                                 jax.device_put(idx, spec), jax.device_put(mask, spec)))
+                                 idx, mask))
   count = float(sums.pop('count'))
   result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
             'loss': float(sums.pop('loss')) / count}

@@ -90,13 +90,18 @@ def build_train_step(student: nn.Module, teacher: nn.Module | None, method: Meth
   return step
 
 
-def build_train_chunk(step: Callable[..., tuple[TrainState, Metrics]], mesh: Mesh
-                      ) -> Callable[..., tuple[TrainState, Metrics]]:
-  """Jits ``K`` consecutive steps as one scan: ``chunk(state, t_vars, images, labels, idx[K, B])``.
+def build_train_chunk(step: Callable[..., tuple[TrainState, Metrics]], mesh: Mesh,
+                      steps: int) -> Callable[..., tuple[TrainState, Metrics]]:
+  """Jits ``steps`` consecutive steps: ``chunk(state, t_vars, images, labels, idx[K, B])``.
 
-  The state is donated; metrics come back stacked per step, shape (K,).
+  The state is donated; metrics come back stacked per step, shape (K,). K > 1 fuses the
+  steps into one ``lax.scan`` (fewer dispatches on accelerators); XLA's CPU backend runs
+  convolutions inside loops far slower, so K = 1 calls the step without a loop.
   """
   def chunk(state, teacher_vars, images, labels, idx):
+    if steps == 1:
+      state, metrics = step(state, teacher_vars, images, labels, idx[0])
+      return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(lambda s, i: step(s, teacher_vars, images, labels, i), state, idx)
 
   return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated(mesh))
@@ -104,14 +109,18 @@ def build_train_chunk(step: Callable[..., tuple[TrainState, Metrics]], mesh: Mes
 
 def build_eval(model: nn.Module, method: Method, method_config: ml_collections.ConfigDict,
                data: DataSpec, mesh: Mesh) -> Callable[..., Metrics]:
-  """Jitted ``evaluate(variables, images, labels, idx[K, B], mask[K, B]) -> sums``.
+  """``evaluate(variables, images, labels, idx[K, B], mask[K, B]) -> sums`` over K batches.
+
+  ``idx`` and ``mask`` are host (numpy) arrays.
 
   ``variables`` = {'params', 'batch_stats', 'method_state'} as in the train state. The
   last batch is padded and masked so every example counts exactly once; the result
-  holds per-head correct counts, the summed CE of the plain head and the count.
+  holds per-head correct counts, the summed CE of the plain head and the count. One
+  jitted call per batch, summed on the device (no loop inside jit: see build_train_chunk).
   """
   batch_sharding = batch_sharded(mesh)
 
+  @jax.jit
   def batch_sums(variables, images, labels, i, m):
     x = normalize(jax.lax.with_sharding_constraint(images[i], batch_sharding),
                   data.mean, data.std)
@@ -127,11 +136,10 @@ def build_eval(model: nn.Module, method: Method, method_config: ml_collections.C
     return sums
 
   def evaluate(variables, images, labels, idx, mask):
-    first = batch_sums(variables, images, labels, idx[0], mask[0])
-    def body(totals, xs):
-      sums = batch_sums(variables, images, labels, *xs)
-      return jax.tree.map(jnp.add, totals, sums), None
-    totals, _ = jax.lax.scan(body, first, (idx[1:], mask[1:]))
+    totals = None
+    for i, m in zip(idx, mask):  # host numpy rows, one batch each
+      sums = batch_sums(variables, images, labels, *jax.device_put((i, m), batch_sharding))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return totals
 
-  return jax.jit(evaluate, out_shardings=replicated(mesh))
+  return evaluate

@@ -1,0 +1,174 @@
+"""The training engine: compile-once steps, device-count invariance, resume, export."""
+from __future__ import annotations
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from kdjax import methods
+from kdjax.data import load_split
+from kdjax.models import create_model
+from kdjax.train import export, loop
+from kdjax.train.mesh import make_mesh, replicate
+from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
+from kdjax.train.steps import DataSpec, build_train_chunk, build_train_step
+
+
+def _setup(mesh, method_name='ce', teacher=None):
+  cfg = tiny_config()
+  ds = load_split('fake', 'train', source='fake', fake_examples=64, fake_classes=4)
+  model = create_model('resnet8', ds.num_classes)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+  method = methods.get_method(method_name)
+  mcfg = ml_collections.FrozenConfigDict(cfg.method)
+  params = {'student': variables['params'], 'method': {}}
+  tx = make_optimizer(cfg.optim, learning_rate_schedule(cfg.optim, 2, 2),
+                      jax.tree.map(lambda _: True, params))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     batch_stats={'student': variables['batch_stats'], 'method': {}},
+                     opt_state=tx.init(params), method_state={}, rng=jax.random.PRNGKey(1))
+  data = DataSpec(ds.mean, ds.std, 2, True)
+  step = build_train_step(model, teacher, method, mcfg, tx, data, 2, mesh)
+  return ds, replicate(state, mesh), step
+
+
+def test_train_step_compiles_once():
+  mesh = make_mesh()
+  ds, state, step = _setup(mesh)
+  counted = chex.assert_max_traces(step, n=1)
+  chunk = build_train_chunk(counted, mesh, 1)
+  images, labels = replicate(ds.images, mesh), replicate(ds.labels, mesh)
+  for i in range(4):
+    idx = np.arange(i * 16, (i + 1) * 16, dtype=np.int32)[None]
+    state, metrics = chunk(state, {}, images, labels, idx)
+  chex.assert_shape(metrics['loss'], (1,))
+  assert int(state.step) == 4
+
+
+@pytest.mark.parametrize('steps_per_call', [1, 2])
+def test_one_and_eight_devices_agree(steps_per_call):
+  assert jax.device_count() == 8, 'conftest sets 8 simulated CPU devices'
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = make_mesh(devices)
+    ds, state, step = _setup(mesh)
+    chunk = build_train_chunk(step, mesh, steps_per_call)
+    images, labels = replicate(ds.images, mesh), replicate(ds.labels, mesh)
+    idx = np.arange(64, dtype=np.int32).reshape(4 // steps_per_call, steps_per_call, 16)
+    for c in idx:
+      state, metrics = chunk(state, {}, images, labels, c)
+    results.append((jax.device_get(state.params), jax.device_get(state.batch_stats),
+                    jax.device_get(metrics)))
+  chex.assert_trees_all_close(results[0], results[1], rtol=2e-4, atol=2e-5)
+
+
+def test_epoch_indices_are_a_seeded_permutation():
+  a = loop.epoch_indices(0, 3, 100, 16)
+  chex.assert_shape(a, (6, 16))
+  assert len(set(a.ravel().tolist())) == 96
+  np.testing.assert_array_equal(a, loop.epoch_indices(0, 3, 100, 16))
+  assert not np.array_equal(a, loop.epoch_indices(0, 4, 100, 16))
+  assert not np.array_equal(a, loop.epoch_indices(1, 3, 100, 16))
+
+
+def test_eval_indices_count_every_example_once():
+  idx, mask = loop.eval_indices(10, 4)
+  chex.assert_shape(idx, (3, 4))
+  assert mask.sum() == 10
+  np.testing.assert_array_equal(np.sort(idx[mask > 0]), np.arange(10))
+
+
+def test_chunk_size_divides_the_epoch():
+  assert loop.chunk_size(781, 100) == 71
+  assert loop.chunk_size(22, 100) == 22
+  assert loop.chunk_size(22, 1) == 1
+  assert loop.chunk_size(13, 5) == 1
+
+
+def _read(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_training_learns_and_writes_everything(tmp_path):
+  workdir = str(tmp_path / 'run')
+  summary = loop.train(tiny_config(train__epochs=4), workdir)
+  # 4 balanced classes: chance is 25%
+  assert summary['last_accuracy'] > 0.8, summary
+  records = _read(workdir)
+  assert [r['epoch'] for r in records] == [1, 2, 3, 4]
+  assert records[-1]['train/loss'] < records[0]['train/loss']
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 1000
+  meta = export.read_meta(workdir)
+  assert meta['model'] == 'resnet8' and meta['num_classes'] == 4
+  assert abs(meta['test_accuracy'] - summary['last_accuracy']) < 1e-9
+  # the export evaluates to the same number through mode=evaluate
+  cfg = tiny_config(mode='evaluate', evaluate__checkpoint=workdir)
+  result = loop.evaluate_export(cfg)
+  assert result['examples'] == len(load_split('fake', 'test', source='fake',
+                                              fake_examples=256, fake_classes=4))
+  assert abs(result['accuracy/student'] - summary['last_accuracy']) < 1e-6
+
+
+def test_distillation_beats_chance(fake_teacher, tmp_path):
+  summary = loop.train(tiny_config(mode='distill', teacher__checkpoint=fake_teacher,
+                                   train__epochs=4), str(tmp_path))
+  assert summary['last_accuracy'] > 0.6, summary
+  assert export.read_meta(str(tmp_path))['teacher'] == 'resnet8'
+
+
+class _StopAfter:
+  """Stands in for the SIGTERM flag: 'raised' after ``n`` checks."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __call__(self):
+    outer = self
+
+    class Flag:
+      calls = 0
+
+      def __enter__(self):
+        return self
+
+      def __exit__(self, *exc):
+        return False
+
+      @property
+      def raised(self):
+        Flag.calls += 1
+        return Flag.calls > outer.n
+    return Flag()
+
+
+def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
+  cfg = tiny_config(train__epochs=3)
+  straight = str(tmp_path / 'straight')
+  loop.train(cfg, straight)
+  interrupted = str(tmp_path / 'interrupted')
+  with monkeypatch.context() as m:
+    m.setattr(loop, '_SigtermFlag', _StopAfter(11))  # mid-epoch 2 (8 steps per epoch)
+    with pytest.raises(loop.Preempted, match='saved step 11'):
+      loop.train(cfg, interrupted)
+  loop.train(cfg, interrupted)
+  _, a = export.load(straight)
+  _, b = export.load(interrupted)
+  chex.assert_trees_all_equal(a, b)
+  assert [r['epoch'] for r in _read(interrupted)] == [1, 2, 3]
+
+
+def test_workdir_of_another_experiment_is_refused(tmp_path):
+  from kdjax.train.checkpoint import CheckpointError
+  workdir = str(tmp_path)
+  loop.train(tiny_config(train__epochs=1), workdir)
+  with pytest.raises(CheckpointError, match=r'another experiment \(model'):
+    loop.train(tiny_config(train__epochs=2, model__name='resnet14'), workdir)
