@@ -172,3 +172,35 @@ def test_workdir_of_another_experiment_is_refused(tmp_path):
   loop.train(tiny_config(train__epochs=1), workdir)
   with pytest.raises(CheckpointError, match=r'another experiment \(model'):
     loop.train(tiny_config(train__epochs=2, model__name='resnet14'), workdir)
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_optimizer_is_torch_sgd_with_coupled_decay(nesterov):
+  """torch.optim.SGD: g += wd*p; buf = m*buf + g; step = g + m*buf (nesterov) or buf."""
+  optim = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, nesterov=nesterov,
+                                         weight_decay=5e-4, schedule='multistep',
+                                         milestones=(1,), decay_rate=0.1))
+  schedule = learning_rate_schedule(optim, steps_per_epoch=2, epochs=3)
+  tx = make_optimizer(optim, schedule, {'w': True, 'b': False})
+  rng = np.random.default_rng(0)
+  params = {'w': rng.normal(size=3).astype(np.float32), 'b': rng.normal(size=2).astype(np.float32)}
+  opt_state = tx.init(params)
+  ref = {k: v.copy() for k, v in params.items()}
+  buf = {k: np.zeros_like(v) for k, v in params.items()}
+  for step in range(4):
+    grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    lr = 0.1 if step < 2 else 0.01  # milestone at epoch 1 = step 2
+    for k in ref:
+      g = grads[k] + (5e-4 * ref[k] if k == 'w' else 0)
+      buf[k] = 0.9 * buf[k] + g
+      ref[k] = ref[k] - lr * (g + 0.9 * buf[k] if nesterov else buf[k])
+  chex.assert_trees_all_close(params, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_compute_trains(tmp_path):
+  summary = loop.train(tiny_config(model__dtype='bfloat16', train__epochs=3), str(tmp_path))
+  assert summary['last_accuracy'] > 0.5, summary
+  _, variables = export.load(str(tmp_path))
+  assert variables['params']['conv1']['kernel'].dtype == np.float32
