@@ -53,6 +53,11 @@ _CIFAR_STATS = {
 }
 
 
+def known_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+  """The customary (mean, std) of a dataset, if kdjax knows one."""
+  return _CIFAR_STATS.get(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class _CifarLayout:
   folder: str       # name of the folder inside the official tarball
