@@ -156,8 +156,8 @@ def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
   loop.train(cfg, straight)
   interrupted = str(tmp_path / 'interrupted')
   with monkeypatch.context() as m:
-    m.setattr(loop, '_SigtermFlag', _StopAfter(11))  # mid-epoch 2 (8 steps per epoch)
-    with pytest.raises(loop.Preempted, match='saved step 11'):
+    m.setattr(loop, '_SigtermFlag', _StopAfter(11))  # raised at the 12th step: mid-epoch 2
+    with pytest.raises(loop.Preempted, match='saved step 12'):
       loop.train(cfg, interrupted)
   loop.train(cfg, interrupted)
   _, a = export.load(straight)

@@ -11,22 +11,21 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
 from kdjax import methods
 from kdjax.config import ConfigError
 from kdjax.data import ArrayDataset, load_split
-from kdjax.methods import InitContext, MethodVars, ModelOutput
+from kdjax.methods import InitContext
 from kdjax.models import create_model
 from kdjax.train import export
 from kdjax.train.checkpoint import Checkpoints
-from kdjax.train.mesh import DATA_AXIS, batch_sharded, make_mesh, replicate
+from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, plot_curves
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step, forward
@@ -127,12 +126,44 @@ def _print(msg: str) -> None:
   print(msg, flush=True)
 
 
+class RunSetup(NamedTuple):
+  student: Any
+  schedule: Any
+  tx: Any
+  state: TrainState
+
+
+def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: int,
+              image_shape: tuple[int, ...], teacher: Any, teacher_vars: Any,
+              steps_per_epoch: int) -> RunSetup:
+  """The student, its method's variables, the optimizer and the initial state of a run
+  (pure: also used by the benchmark, so it measures exactly what training runs)."""
+  method, method_cfg = _method_config(config)
+  student = create_model(config.model.name, num_classes, DTYPES[config.model.dtype])
+  init_key, method_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  sample = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  student_vars = student.init(init_key, sample, train=False)
+  teacher_out = forward(teacher, teacher_vars, sample) if teacher is not None else None
+  mvars = method.init(InitContext(
+      rng=method_key, student=forward(student, student_vars, sample), teacher=teacher_out,
+      num_classes=num_classes, num_train=num_train, config=method_cfg))
+  params = {'student': student_vars['params'], 'method': mvars.params}
+  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
+  tx = make_optimizer(config.optim, schedule, {
+      'student': jax.tree.map(lambda _: True, params['student']),
+      'method': method.decay_mask(mvars.params)})
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
+      opt_state=tx.init(params), method_state=mvars.state, rng=state_key)
+  return RunSetup(student, schedule, tx, state)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (mode train) or distils (mode distill) in ``workdir``, resuming if possible."""
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
   method, method_cfg = _method_config(config)
-  dtype = DTYPES[config.model.dtype]
   train_ds, test_ds = load_data(config)
   num_classes = train_ds.num_classes
   batch = config.train.batch_size
@@ -144,25 +175,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if method.needs_teacher:
     teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
 
-  student = create_model(config.model.name, num_classes, dtype)
-  rng = jax.random.PRNGKey(config.seed)
-  init_key, method_key, state_key = jax.random.split(rng, 3)
-  sample = jnp.zeros((2,) + train_ds.images.shape[1:], jnp.float32)
-  student_vars = student.init(init_key, sample, train=False)
-  teacher_out = forward(teacher, teacher_vars, sample) if teacher is not None else None
-  mvars = method.init(InitContext(
-      rng=method_key, student=forward(student, student_vars, sample), teacher=teacher_out,
-      num_classes=num_classes, num_train=len(train_ds), config=method_cfg))
-  params = {'student': student_vars['params'], 'method': mvars.params}
-  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
-  tx = make_optimizer(config.optim, schedule, {
-      'student': jax.tree.map(lambda _: True, params['student']),
-      'method': method.decay_mask(mvars.params)})
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
-      opt_state=tx.init(params), method_state=mvars.state, rng=state_key)
-  state = replicate(state, mesh)
+  setup = build_run(config, num_classes, len(train_ds), train_ds.images.shape[1:], teacher,
+                    teacher_vars, steps_per_epoch)
+  student, schedule, tx = setup.student, setup.schedule, setup.tx
+  state = replicate(setup.state, mesh)
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
   fp = fingerprint(config)

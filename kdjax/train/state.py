@@ -5,7 +5,6 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -49,7 +48,3 @@ def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
 def step_key(state: TrainState) -> jax.Array:
   """A per-step key that depends only on the seed and the step (resume-safe)."""
   return jax.random.fold_in(state.rng, state.step)
-
-
-def zeros_like_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  return {k: jnp.zeros_like(v) for k, v in metrics.items()}
