@@ -1,0 +1,40 @@
+"""CRD and CRD+KD on the CIFAR-100 tables (methods.md §1-2): CRD ``gamma=1, alpha=0,
+beta=0.8``; the ``+kd`` suffix gives CRD+KD ``alpha=1`` (same method, other weights).
+16384 uniform negatives, NCE temperature 0.07, memory momentum 0.5.
+
+  python -m kdjax.main --config configs/crd.py:resnet56-resnet20 ...
+  python -m kdjax.main --config configs/crd.py:resnet56-resnet20+kd ...
+  (with --config.teacher.checkpoint=runs/resnet56 --workdir ...)
+
+``PUBLISHED``: CRD top-1 % from RepDistiller's README (CRD paper tables 1-2); the
+CRD+KD rows are only in the paper and not recorded here (None).
+"""
+import importlib.util
+import os
+
+
+def _protocol():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
+  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+P = _protocol()
+PUBLISHED = {**P.table((75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94,
+                        69.73, 69.11, 74.30, 75.11, 75.65, 76.05)),
+             **{pair + '+kd': None for pair in P.PAIRS}}
+ARGS = tuple(PUBLISHED)
+
+
+def get_config(arg: str = 'resnet32x4-resnet8x4'):
+  teacher, student, flags = P.parse(arg, P.PAIRS, ('kd',))
+  c = P.distill_config(teacher, student, 'crd')
+  c.method.gamma = 1.0
+  c.method.alpha = 1.0 if 'kd' in flags else 0.0
+  c.method.beta = 0.8
+  c.method.temperature = 4.0
+  c.method.crd.negatives = 16384
+  c.method.crd.sampling = 'uniform'
+  return c

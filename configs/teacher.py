@@ -1,0 +1,32 @@
+"""Trains a CIFAR-100 model from labels alone (methods.md §1): the teachers, and the
+students' from-scratch baselines. ``PUBLISHED`` holds the §1 numbers (top-1 %).
+
+  python -m kdjax.main --config configs/teacher.py:resnet32x4 --workdir runs/resnet32x4
+"""
+import importlib.util
+import os
+
+from kdjax import models
+
+
+def _protocol():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
+  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+P = _protocol()
+PUBLISHED = {**P.TEACHER_ACCURACY, **P.STUDENT_ACCURACY, 'wrn_40_4': None}  # CID's extra teacher
+ARGS = tuple(PUBLISHED)
+
+
+def get_config(arg: str = 'resnet32x4'):
+  if arg not in models.model_names():
+    raise ValueError(f'unknown config argument {arg!r}; accepted: any model, '
+                     f'{", ".join(models.model_names())}')
+  c = P.distill_config('', arg, 'ce')
+  c.mode = 'train'              # CE on labels; teacher.* and the method weights are unused
+  c.teacher.model = ''
+  return c
