@@ -40,6 +40,7 @@ class InitContext:
   num_classes: int
   num_train: int                  # training-set size (per-example memories need it)
   config: ml_collections.ConfigDict   # config.method (weights + this method's sub-config)
+  train_labels: Any = None        # (num_train,) int32 host labels, for class-aware sampling
 
 
 class MethodVars(NamedTuple):

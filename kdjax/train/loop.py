@@ -69,7 +69,7 @@ def chunk_size(steps_per_epoch: int, steps_per_call: int) -> int:
              if steps_per_epoch % d == 0)
 
 
-def _method_config(config: ml_collections.ConfigDict) -> tuple[methods.Method,
+def method_for(config: ml_collections.ConfigDict) -> tuple[methods.Method,
                                                                 ml_collections.ConfigDict]:
   """Mode 'train' is plain CE on labels whatever the method section says."""
   if config.mode == 'train':
@@ -81,7 +81,7 @@ def _method_config(config: ml_collections.ConfigDict) -> tuple[methods.Method,
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What must not change between a checkpoint and the run resuming from it."""
-  return {'mode': config.mode, 'model': config.model.name, 'method': _method_config(config)[0].name,
+  return {'mode': config.mode, 'model': config.model.name, 'method': method_for(config)[0].name,
           'data': config.data.name, 'batch_size': config.train.batch_size,
           'seed': config.seed, 'devices': jax.device_count()}
 
@@ -135,10 +135,10 @@ class RunSetup(NamedTuple):
 
 def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: int,
               image_shape: tuple[int, ...], teacher: Any, teacher_vars: Any,
-              steps_per_epoch: int) -> RunSetup:
+              steps_per_epoch: int, train_labels: np.ndarray | None = None) -> RunSetup:
   """The student, its method's variables, the optimizer and the initial state of a run
   (pure: also used by the benchmark, so it measures exactly what training runs)."""
-  method, method_cfg = _method_config(config)
+  method, method_cfg = method_for(config)
   student = create_model(config.model.name, num_classes, DTYPES[config.model.dtype])
   init_key, method_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   sample = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
@@ -146,7 +146,8 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: in
   teacher_out = forward(teacher, teacher_vars, sample) if teacher is not None else None
   mvars = method.init(InitContext(
       rng=method_key, student=forward(student, student_vars, sample), teacher=teacher_out,
-      num_classes=num_classes, num_train=num_train, config=method_cfg))
+      num_classes=num_classes, num_train=num_train, train_labels=train_labels,
+      config=method_cfg))
   params = {'student': student_vars['params'], 'method': mvars.params}
   schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
   tx = make_optimizer(config.optim, schedule, {
@@ -163,7 +164,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (mode train) or distils (mode distill) in ``workdir``, resuming if possible."""
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
-  method, method_cfg = _method_config(config)
+  method, method_cfg = method_for(config)
   train_ds, test_ds = load_data(config)
   num_classes = train_ds.num_classes
   batch = config.train.batch_size
@@ -176,9 +177,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
 
   setup = build_run(config, num_classes, len(train_ds), train_ds.images.shape[1:], teacher,
-                    teacher_vars, steps_per_epoch)
+                    teacher_vars, steps_per_epoch, train_labels=train_ds.labels)
   student, schedule, tx = setup.student, setup.schedule, setup.tx
-  state = replicate(setup.state, mesh)
+  # distinct buffers per leaf: donation fails when two leaves alias one array
+  state = replicate(jax.tree.map(lambda x: jnp.array(x, copy=True), setup.state), mesh)
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
   fp = fingerprint(config)
@@ -201,9 +203,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
 
   def run_eval(st: TrainState) -> dict[str, float]:
-    sums = jax.device_get(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
-                                    'method_state': st.method_state},
-                                   test_images, test_labels, eval_idx, eval_mask))
+    sums = _to_host(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
+                              'method_state': st.method_state},
+                             test_images, test_labels, eval_idx, eval_mask))
     count = float(sums.pop('count'))
     out = {'test/loss': float(sums.pop('loss')) / count}
     out.update({f'test/accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
@@ -227,7 +229,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'dataset': config.data.name, 'mean': list(train_ds.mean), 'std': list(train_ds.std),
             'image_size': int(train_ds.images.shape[1]), 'test_accuracy': accuracy,
             'step': step,
-            'teacher': teacher_meta['model'] if teacher_meta else None}
+            'teacher': teacher_meta['model'] if teacher_meta else None,
+            'method_config': method_cfg.to_dict()}
 
   def save_export(path: str, st: TrainState, accuracy: float) -> None:
     export.save(path, {'params': st.params['student'], 'batch_stats': st.batch_stats['student'],
@@ -297,6 +300,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return summary
 
 
+def _to_host(sums: dict[str, jax.Array]) -> dict[str, float]:
+  """Fetches eval sums keeping their order (the first head is the headline);
+  ``jax.device_get`` on a dict would sort the keys."""
+  return {k: float(v) for k, v in sums.items()}
+
+
 def _progress(config: ml_collections.ConfigDict, epoch: int, total: int):
   from tqdm.auto import tqdm
   return tqdm(total=total, desc=f'epoch {epoch + 1}/{config.train.epochs}', unit='step',
@@ -337,7 +346,9 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
                       f"{meta['num_classes']} classes but {d.name} has {ds.num_classes}")
   export.check_variables(meta['model'], meta['num_classes'], variables)
   method = methods.get_method(meta.get('method') or 'ce')
-  base = copy.deepcopy(config.method)
+  # the method settings the model was trained with (e.g. CID's temperature), not today's
+  base = ml_collections.ConfigDict(meta['method_config']) if 'method_config' in meta else (
+      copy.deepcopy(config.method))
   model = create_model(meta['model'], ds.num_classes, DTYPES[config.model.dtype])
   # the export's own normalisation: the model was trained with it
   data = DataSpec(tuple(meta.get('mean', ds.mean)), tuple(meta.get('std', ds.std)), 0, False)
@@ -348,8 +359,8 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     'method': m.get('batch_stats', {})},
                     'method_state': m.get('state', {})}, mesh)
   idx, mask = eval_indices(len(ds), config.train.eval_batch_size)
-  sums = jax.device_get(evaluate(full, replicate(ds.images, mesh), replicate(ds.labels, mesh),
-                                 idx, mask))
+  sums = _to_host(evaluate(full, replicate(ds.images, mesh), replicate(ds.labels, mesh),
+                           idx, mask))
   count = float(sums.pop('count'))
   result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
             'loss': float(sums.pop('loss')) / count}

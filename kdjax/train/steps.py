@@ -115,10 +115,12 @@ def build_eval(model: nn.Module, method: Method, method_config: ml_collections.C
 
   ``variables`` = {'params', 'batch_stats', 'method_state'} as in the train state. The
   last batch is padded and masked so every example counts exactly once; the result
-  holds per-head correct counts, the summed CE of the plain head and the count. One
+  holds per-head correct counts (in ``eval_heads`` order: the first is the headline),
+  the summed CE of the plain head and the count. One
   jitted call per batch, summed on the device (no loop inside jit: see build_train_chunk).
   """
   batch_sharding = batch_sharded(mesh)
+  head_order: list[str] = []  # as eval_heads returns them; jit hands dicts back key-sorted
 
   @jax.jit
   def batch_sums(variables, images, labels, i, m):
@@ -129,6 +131,7 @@ def build_eval(model: nn.Module, method: Method, method_config: ml_collections.C
                           'batch_stats': variables['batch_stats']['student']}, x)
     heads = method.eval_heads(variables['params']['method'], variables['batch_stats']['method'],
                               variables['method_state'], out, method_config)
+    head_order[:] = list(heads)  # recorded while tracing
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, y)
     sums = {f'correct/{k}': jnp.sum((jnp.argmax(v, -1) == y) * m) for k, v in heads.items()}
     sums['loss'] = jnp.sum(ce * m)
@@ -140,6 +143,7 @@ def build_eval(model: nn.Module, method: Method, method_config: ml_collections.C
     for i, m in zip(idx, mask):  # host numpy rows, one batch each
       sums = batch_sums(variables, images, labels, *jax.device_put((i, m), batch_sharding))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return totals
+    ordered = {f'correct/{k}': totals[f'correct/{k}'] for k in head_order}
+    return {**ordered, 'loss': totals['loss'], 'count': totals['count']}
 
   return evaluate
