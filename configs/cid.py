@@ -11,20 +11,10 @@ L_class), ``+no_intervention`` (phase-2 CE on the plain head, no z_do), e.g.
 The reported number is the interventional head's (``test/accuracy/interventional``).
 ``PUBLISHED``: the spec records no CID numbers, so every entry is None.
 """
-import importlib.util
 import itertools
-import os
 
+from kdjax import cifar_tables as P
 
-def _protocol():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
-  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-P = _protocol()
 # pair: (b, c), methods.md §3
 WEIGHTS = {'wrn_40_2-wrn_16_2': (65.0, 1.0), 'resnet56-resnet20': (10.0, 1.0),
            'wrn_40_4-wrn_16_2': (55.0, 0.1), 'ResNet50-MobileNetV2': (33.0, 0.1),

@@ -9,19 +9,7 @@ beta=0.8``; the ``+kd`` suffix gives CRD+KD ``alpha=1`` (same method, other weig
 ``PUBLISHED``: CRD top-1 % from RepDistiller's README (CRD paper tables 1-2); the
 CRD+KD rows are only in the paper and not recorded here (None).
 """
-import importlib.util
-import os
-
-
-def _protocol():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
-  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-P = _protocol()
+from kdjax import cifar_tables as P
 PUBLISHED = {**P.table((75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94,
                         69.73, 69.11, 74.30, 75.11, 75.65, 76.05)),
              **{pair + '+kd': None for pair in P.PAIRS}}

@@ -6,19 +6,7 @@ hint on ``feats[2]``, regressor trained jointly from epoch 0.
 
 ``PUBLISHED``: top-1 % from RepDistiller's README (CRD paper tables 1-2).
 """
-import importlib.util
-import os
-
-
-def _protocol():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
-  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-P = _protocol()
+from kdjax import cifar_tables as P
 PUBLISHED = P.table((73.58, 72.24, 69.21, 68.99, 71.06, 73.50, 71.02,
                      64.14, 63.16, 70.69, 73.59, 73.54, 73.73))
 ARGS = P.PAIRS

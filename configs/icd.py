@@ -6,19 +6,7 @@ beta=1``; the ``+kd`` suffix gives ICD+KD ``alpha=1``; T=4, alpha_inv=0.5, max_s
 
 ``PUBLISHED``: the spec records no ICD numbers, so every entry is None.
 """
-import importlib.util
-import os
-
-
-def _protocol():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
-  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-P = _protocol()
+from kdjax import cifar_tables as P
 PUBLISHED = {arg: None for pair in P.PAIRS for arg in (pair, pair + '+kd')}
 ARGS = tuple(PUBLISHED)
 

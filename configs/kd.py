@@ -5,19 +5,7 @@
 
 ``PUBLISHED``: top-1 % from RepDistiller's README (CRD paper tables 1-2).
 """
-import importlib.util
-import os
-
-
-def _protocol():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
-  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-P = _protocol()
+from kdjax import cifar_tables as P
 PUBLISHED = P.table((74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98,
                      67.37, 67.35, 73.81, 74.07, 74.45, 74.83))
 ARGS = P.PAIRS

@@ -3,21 +3,10 @@ students' from-scratch baselines. ``PUBLISHED`` holds the §1 numbers (top-1 %).
 
   python -m kdjax.main --config configs/teacher.py:resnet32x4 --workdir runs/resnet32x4
 """
-import importlib.util
-import os
 
+from kdjax import cifar_tables as P
 from kdjax import models
 
-
-def _protocol():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_protocol.py')
-  spec = importlib.util.spec_from_file_location('kdjax_configs_protocol', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-P = _protocol()
 PUBLISHED = {**P.TEACHER_ACCURACY, **P.STUDENT_ACCURACY, 'wrn_40_4': None}  # CID's extra teacher
 ARGS = tuple(PUBLISHED)
 

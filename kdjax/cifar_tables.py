@@ -1,9 +1,8 @@
 """What the CIFAR-100 table configs share (methods.md §1): the teacher/student pairs
 of RepDistiller's tables, the per-student learning rate and the argument syntax.
 
-Not a config itself. The config files load it by path (``load()`` below is copied
-in each as ``_protocol()``), because ml_collections loads config files by path, not
-as a package, so a plain import would depend on the working directory.
+Lives in the package (not in configs/) because ml_collections loads config files by
+path, so they can import the installed package but not each other.
 """
 from __future__ import annotations
 
