@@ -20,6 +20,7 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  shortcut: str = 'downsample'  # torch name of the projection (Fast-Datafree: 'shortcut')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -28,8 +29,8 @@ class BasicBlock(nn.Module):
     out = conv(self.planes, 3, 1, dtype=self.dtype, name='conv2')(out)
     out = BatchNorm(dtype=self.dtype, name='bn2')(out, train)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = conv(self.planes, 1, self.stride, padding=0, dtype=self.dtype, name='downsample_0')(x)
-      x = BatchNorm(dtype=self.dtype, name='downsample_1')(x, train)
+      x = conv(self.planes, 1, self.stride, padding=0, dtype=self.dtype, name=f'{self.shortcut}_0')(x)
+      x = BatchNorm(dtype=self.dtype, name=f'{self.shortcut}_1')(x, train)
     preact = out + x
     return nn.relu(preact), preact
 

@@ -6,39 +6,29 @@ the stem and stage outputs so feature methods can use these networks too.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax.models.cifar_resnet import BasicBlock
 from kdjax.models.layers import BatchNorm, conv, global_avg_pool, linear
 from kdjax.models.registry import register
 
 
-class DFBasicBlock(nn.Module):
-  planes: int
-  stride: int = 1
-  dtype: Any = jnp.float32
+class FourStageResNet(nn.Module):
+  """3x3 stem, four stages of ``block`` (64/128/256/512 planes), global pool, linear.
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    out = conv(self.planes, 3, self.stride, dtype=self.dtype, name='conv1')(x)
-    out = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(out, train))
-    out = conv(self.planes, 3, 1, dtype=self.dtype, name='conv2')(out)
-    out = BatchNorm(dtype=self.dtype, name='bn2')(out, train)
-    if self.stride != 1 or x.shape[-1] != self.planes:
-      x = conv(self.planes, 1, self.stride, padding=0, dtype=self.dtype, name='shortcut_0')(x)
-      x = BatchNorm(dtype=self.dtype, name='shortcut_1')(x, train)
-    preact = out + x
-    return nn.relu(preact), preact
-
-
-class DataFreeResNet(nn.Module):
-  """feats = [stem, layer1..4, pooled]; ``feats[-1]`` is the reference's ``feature``."""
+  feats = [stem, layer1..4, pooled] (``feats[-1]`` is the reference's ``feature``);
+  preact swaps in each stage's last residual sum. ``block`` is the basic block here and
+  the bottleneck for ``ResNet50`` (resnet_bottleneck.py).
+  """
   num_blocks: Sequence[int]
   num_classes: int
   dtype: Any = jnp.float32
+  block: Callable[..., nn.Module] = functools.partial(BasicBlock, shortcut='shortcut')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -50,8 +40,8 @@ class DataFreeResNet(nn.Module):
     for stage, (planes, stride, n) in enumerate(
         zip((64, 128, 256, 512), (1, 2, 2, 2), self.num_blocks), start=1):
       for i in range(n):
-        x, pre = DFBasicBlock(planes, stride if i == 0 else 1, dtype=self.dtype,
-                              name=f'layer{stage}_{i}')(x, train)
+        x, pre = self.block(planes, stride if i == 0 else 1, dtype=self.dtype,
+                            name=f'layer{stage}_{i}')(x, train)
       feats.append(x)
       pre_feats.append(pre)
     pooled = global_avg_pool(x)
@@ -60,7 +50,7 @@ class DataFreeResNet(nn.Module):
 
 
 def _register(name: str, blocks: Sequence[int]) -> None:
-  register(name)(lambda num_classes, dtype=jnp.float32: DataFreeResNet(
+  register(name)(lambda num_classes, dtype=jnp.float32: FourStageResNet(
       tuple(blocks), num_classes, dtype))
 
 

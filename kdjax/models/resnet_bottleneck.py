@@ -1,13 +1,14 @@
 """CIFAR ``ResNet50`` (RepDistiller ``models/resnetv2.py``): bottleneck blocks, 3x3 stem, no max-pool."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models.layers import BatchNorm, conv, global_avg_pool, linear
+from kdjax.models.datafree_resnet import FourStageResNet
+from kdjax.models.layers import BatchNorm, conv
 from kdjax.models.registry import register
 
 EXPANSION = 4
@@ -34,30 +35,5 @@ class Bottleneck(nn.Module):
     return nn.relu(preact), preact
 
 
-class BottleneckResNet(nn.Module):
-  """feats = [stem, layer1..4 outputs, pooled]; preact swaps in the last block's residual sums."""
-  num_blocks: Sequence[int]
-  num_classes: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               preact: bool = False) -> tuple[jax.Array, list[jax.Array]]:
-    x = x.astype(self.dtype)
-    x = conv(64, 3, 1, dtype=self.dtype, name='conv1')(x)
-    x = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(x, train))
-    feats, pre_feats = [x], [x]
-    for stage, (planes, stride, n) in enumerate(
-        zip((64, 128, 256, 512), (1, 2, 2, 2), self.num_blocks), start=1):
-      for i in range(n):
-        x, pre = Bottleneck(planes, stride if i == 0 else 1, dtype=self.dtype,
-                            name=f'layer{stage}_{i}')(x, train)
-      feats.append(x)
-      pre_feats.append(pre)
-    pooled = global_avg_pool(x)
-    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='linear')(pooled)
-    return logits.astype(jnp.float32), (pre_feats if preact else feats) + [pooled]
-
-
-register('ResNet50')(lambda num_classes, dtype=jnp.float32: BottleneckResNet(
-    (3, 4, 6, 3), num_classes, dtype))
+register('ResNet50')(lambda num_classes, dtype=jnp.float32: FourStageResNet(
+    (3, 4, 6, 3), num_classes, dtype, block=Bottleneck))
