@@ -204,3 +204,34 @@ def test_bfloat16_compute_trains(tmp_path):
   assert summary['last_accuracy'] > 0.5, summary
   _, variables = export.load(str(tmp_path))
   assert variables['params']['conv1']['kernel'].dtype == np.float32
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+  """A real SIGTERM to the CLI: state saved, exit 143, the rerun continues from it."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, '-m', 'kdjax.main', '--config', 'configs/default.py',
+         '--workdir', str(tmp_path), '--config.mode=train', '--config.data.name=fake',
+         '--config.data.source=fake', '--config.data.fake_examples=256',
+         '--config.train.epochs=30', '--config.train.batch_size=32',
+         '--config.train.progress=False', '--config.model.name=resnet8']
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 240
+  metrics = os.path.join(str(tmp_path), 'metrics.jsonl')
+  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=240)
+  assert proc.returncode == 143, err
+  saved = int(err.split('SIGTERM: saved step ')[1].split()[0])
+  assert saved >= 8  # at least the first epoch (8 steps) was done
+  resumed = subprocess.run(cmd + ['--config.train.epochs=2'], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=300)
+  # epochs may change on resume: it is not part of the experiment's fingerprint
+  assert resumed.returncode == 0, resumed.stderr
+  assert f'resuming {tmp_path} from step {saved}' in resumed.stdout
