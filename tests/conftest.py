@@ -43,6 +43,13 @@ def torch_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return sd
 
 
+def close(actual, expected, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+  """Fixture comparison at the README's suggested float32 tolerances (shape-agnostic for
+  scalars stored as () or (1,))."""
+  np.testing.assert_allclose(np.asarray(actual).reshape(np.shape(expected)), expected,
+                             rtol=rtol, atol=atol)
+
+
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
   return np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x
 

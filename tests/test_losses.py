@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import load_fixture, nchw_to_nhwc
+from conftest import close
 from kdjax.losses import (ConvRegressor, adaptive_avg_pool, at_loss, attention_map, hint_loss,
                           kl_div_loss, similarity_loss)
 
-RTOL, ATOL = 1e-4, 1e-5
-
-
-def close(actual, expected, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(actual).reshape(np.shape(expected)), expected,
-                             rtol=rtol, atol=atol)
 
 
 def test_kd_distillkl():

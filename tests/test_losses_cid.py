@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import load_fixture
+from conftest import close
 from kdjax.losses import (InterventionalHead, SampleRegressor, cid_loss, class_gram_loss,
                           class_gram_terms, context_accumulate, context_finalize,
                           init_context_accumulator, interventional_logits, normalized_mse)
 
-RTOL, ATOL = 1e-4, 1e-5
-
-
-def close(actual, expected, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(actual).reshape(np.shape(expected)), expected,
-                             rtol=rtol, atol=atol)
 
 
 def _linear(d, name):

@@ -7,15 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import load_fixture
+from conftest import close
 from kdjax.losses import (CRDMemory, Embed, contrast_loss, crd_loss, crd_scores, init_crd_memory,
                           sample_negatives, sample_negatives_other_class)
 
-RTOL, ATOL = 1e-4, 1e-5
-
-
-def close(actual, expected, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(actual).reshape(np.shape(expected)), expected,
-                             rtol=rtol, atol=atol)
 
 
 def test_crd_contrast_loss():

@@ -4,18 +4,12 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from conftest import load_fixture
+from conftest import close
 from kdjax.losses import ICDHeads, icd_logits, icd_loss
 
-RTOL, ATOL = 1e-4, 1e-5
-
-
-def close(actual, expected, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(actual).reshape(np.shape(expected)), expected,
-                             rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize('case', ['case0', 'case1'])
