@@ -41,6 +41,21 @@ class ShuffleV1Block(nn.Module):
     return nn.relu(pre), pre
 
 
+def _stem(x: jax.Array, train: bool, dtype: Any) -> jax.Array:
+  """conv1x1(3->24)-BN-ReLU at full resolution, shared by both ShuffleNets (called inside
+  the network's compact ``__call__``, so the layers are its own ``conv1``/``bn1``)."""
+  x = conv(24, 1, 1, padding=0, dtype=dtype, name='conv1')(x.astype(dtype))
+  return nn.relu(BatchNorm(dtype=dtype, name='bn1')(x, train))
+
+
+def _head(x: jax.Array, num_classes: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
+  """avg_pool(4) on the 4x4 map, flatten, ``linear``: (pooled, float32 logits)."""
+  pooled = avg_pool(x.astype(jnp.float32), 4)
+  pooled = pooled.transpose(0, 3, 1, 2).reshape(pooled.shape[0], -1)
+  logits = linear(num_classes, pooled.shape[-1], dtype=dtype, name='linear')(pooled)
+  return pooled, logits.astype(jnp.float32)
+
+
 class ShuffleNetV1(nn.Module):
   """feats = [stem, stage1..3, pooled]; preact = each stage's last sum/concat before ReLU."""
   num_classes: int
@@ -52,9 +67,7 @@ class ShuffleNetV1(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
                preact: bool = False) -> tuple[jax.Array, list[jax.Array]]:
-    x = x.astype(self.dtype)
-    x = conv(24, 1, 1, padding=0, dtype=self.dtype, name='conv1')(x)
-    x = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(x, train))
+    x = _stem(x, train, self.dtype)
     feats, pre_feats = [x], [x]
     for stage, (planes, n) in enumerate(zip(self.out_planes, self.num_blocks), start=1):
       for i in range(n):
@@ -64,10 +77,8 @@ class ShuffleNetV1(nn.Module):
                                 name=f'layer{stage}_{i}')(x, train)
       feats.append(x)
       pre_feats.append(pre)
-    pooled = avg_pool(x.astype(jnp.float32), 4)
-    pooled = pooled.transpose(0, 3, 1, 2).reshape(pooled.shape[0], -1)
-    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='linear')(pooled)
-    return logits.astype(jnp.float32), (pre_feats if preact else feats) + [pooled]
+    pooled, logits = _head(x, self.num_classes, self.dtype)
+    return logits, (pre_feats if preact else feats) + [pooled]
 
 
 class ShuffleV2Block(nn.Module):
@@ -112,9 +123,7 @@ class ShuffleNetV2(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
                preact: bool = False) -> tuple[jax.Array, list[jax.Array]]:
-    x = x.astype(self.dtype)
-    x = conv(24, 1, 1, padding=0, dtype=self.dtype, name='conv1')(x)
-    x = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(x, train))
+    x = _stem(x, train, self.dtype)
     feats, pre_feats = [x], [x]
     for stage, (planes, n) in enumerate(zip(self.out_channels[:3], self.num_blocks), start=1):
       x = ShuffleV2Down(planes, dtype=self.dtype, name=f'layer{stage}_0')(x, train)
@@ -124,10 +133,8 @@ class ShuffleNetV2(nn.Module):
       pre_feats.append(pre)
     x = conv(self.out_channels[3], 1, 1, padding=0, dtype=self.dtype, name='conv2')(x)
     x = nn.relu(BatchNorm(dtype=self.dtype, name='bn2')(x, train))
-    pooled = avg_pool(x.astype(jnp.float32), 4)
-    pooled = pooled.transpose(0, 3, 1, 2).reshape(pooled.shape[0], -1)
-    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='linear')(pooled)
-    return logits.astype(jnp.float32), (pre_feats if preact else feats) + [pooled]
+    pooled, logits = _head(x, self.num_classes, self.dtype)
+    return logits, (pre_feats if preact else feats) + [pooled]
 
 
 register('ShuffleV1')(lambda num_classes, dtype=jnp.float32: ShuffleNetV1(num_classes, dtype=dtype))
