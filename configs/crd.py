@@ -10,6 +10,7 @@ beta=0.8``; the ``+kd`` suffix gives CRD+KD ``alpha=1`` (same method, other weig
 CRD+KD rows are only in the paper and not recorded here (None).
 """
 from kdjax import cifar_tables as P
+
 PUBLISHED = {**P.table((75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94,
                         69.73, 69.11, 74.30, 75.11, 75.65, 76.05)),
              **{pair + '+kd': None for pair in P.PAIRS}}

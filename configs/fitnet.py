@@ -7,6 +7,7 @@ hint on ``feats[2]``, regressor trained jointly from epoch 0.
 ``PUBLISHED``: top-1 % from RepDistiller's README (CRD paper tables 1-2).
 """
 from kdjax import cifar_tables as P
+
 PUBLISHED = P.table((73.58, 72.24, 69.21, 68.99, 71.06, 73.50, 71.02,
                      64.14, 63.16, 70.69, 73.59, 73.54, 73.73))
 ARGS = P.PAIRS

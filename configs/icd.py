@@ -7,6 +7,7 @@ beta=1``; the ``+kd`` suffix gives ICD+KD ``alpha=1``; T=4, alpha_inv=0.5, max_s
 ``PUBLISHED``: the spec records no ICD numbers, so every entry is None.
 """
 from kdjax import cifar_tables as P
+
 PUBLISHED = {arg: None for pair in P.PAIRS for arg in (pair, pair + '+kd')}
 ARGS = tuple(PUBLISHED)
 

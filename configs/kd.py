@@ -6,6 +6,7 @@
 ``PUBLISHED``: top-1 % from RepDistiller's README (CRD paper tables 1-2).
 """
 from kdjax import cifar_tables as P
+
 PUBLISHED = P.table((74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98,
                      67.37, 67.35, 73.81, 74.07, 74.45, 74.83))
 ARGS = P.PAIRS
