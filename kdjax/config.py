@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.flip = True
   c.data.fake_examples = 512     # only for data.source = fake (tests)
   c.data.fake_classes = 10
+  c.data.train_examples = 0      # 0 = the whole train split; N = a fixed random N of it
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet8x4'     # the model being trained (student in distill mode)
@@ -153,6 +154,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of('model.dtype', config.model.dtype, DTYPES)
   _one_of('method.name', config.method.name, methods.method_names())
   _one_of('optim.schedule', config.optim.schedule, SCHEDULES)
+  if config.data.train_examples < 0:
+    raise ConfigError("config key 'data.train_examples' must be >= 0 (0 = the whole split)")
   _positive(config, 'train.epochs', 'train.batch_size', 'train.eval_batch_size', 'optim.lr', 'checkpoint.keep', 'checkpoint.every',
             'method.temperature')
   if config.train.steps_per_call < 0:

@@ -448,3 +448,17 @@ def test_real_cifar100(real_cifar100):
   mean, std = sources._channel_stats(train.images)
   np.testing.assert_allclose(mean, train.mean, atol=5e-4)
   np.testing.assert_allclose(std, train.std, atol=5e-4)
+
+
+def test_subset_is_fixed_whatever_the_seed(digits):
+  train = digits['train']
+  a, b = train.subset(100), train.subset(100)
+  np.testing.assert_array_equal(a.labels, b.labels)
+  np.testing.assert_array_equal(a.images, b.images)
+  assert len(a) == 100 and a.num_classes == train.num_classes
+  # a real subset: every kept (image, label) pair is one of the originals
+  pairs = {(img.tobytes(), int(y)) for img, y in zip(train.images, train.labels)}
+  assert all((img.tobytes(), int(y)) in pairs for img, y in zip(a.images, a.labels))
+  assert len(set(a.labels.tolist())) == train.num_classes
+  with pytest.raises(DataError, match='has 1438'):
+    train.subset(len(train) + 1)

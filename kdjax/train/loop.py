@@ -90,7 +90,10 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDat
   d = config.data
   kwargs = dict(source=d.source, path=d.path, image_size=d.image_size,
                 fake_examples=d.fake_examples, fake_classes=d.fake_classes, seed=config.seed)
-  return load_split(d.name, 'train', **kwargs), load_split(d.name, 'test', **kwargs)
+  train_ds = load_split(d.name, 'train', **kwargs)
+  if d.train_examples:
+    train_ds = train_ds.subset(d.train_examples)
+  return train_ds, load_split(d.name, 'test', **kwargs)
 
 
 def load_teacher(config: ml_collections.ConfigDict, num_classes: int
