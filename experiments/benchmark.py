@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -34,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from common import ROOT, git_commit, load_config_module
 from kdjax import methods
 from kdjax.config import base_config
 from kdjax.data import normalize
@@ -44,7 +43,6 @@ from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
 from kdjax.train.state import TrainState
 from kdjax.train.steps import DataSpec, build_train_chunk, build_train_step, forward
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUTS = 'random uint8 images / int labels on device (benchmark input, not a dataset)'
 
 
@@ -74,9 +72,7 @@ def method_config(name: str, teacher: str, student: str, dtype: str) -> ml_colle
   c = None
   path = os.path.join(ROOT, 'configs', f'{name}.py')
   if name != 'train' and os.path.exists(path):
-    spec = importlib.util.spec_from_file_location(f'kdjax_bench_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_config_module(path)
     try:
       c = module.get_config(f'{teacher}-{student}')
     except ValueError:
@@ -219,17 +215,6 @@ def markdown(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _git_commit() -> str:
-  try:
-    rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain'], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return rev + ('+dirty' if dirty else '')
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
@@ -274,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  'description': f'{len(devices)} x {devices[0].device_kind} ({platform})'
                                 + (f', {os.cpu_count()} host CPUs' if platform == 'cpu' else '')},
       'jax_version': jax.__version__, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-      'git_commit': _git_commit(), 'command': shlex.join(['python', 'experiments/benchmark.py'] + argv),
+      'git_commit': git_commit(), 'command': shlex.join(['python', 'experiments/benchmark.py'] + argv),
       'inputs': INPUTS, 'teacher_weights': 'random init', 'dtype': args.dtype,
       'teacher': args.teacher, 'student': args.student, 'batch': args.batch,
       'num_classes': args.num_classes, 'num_train': args.num_train,

@@ -166,8 +166,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[group][name] % n_dev:
       raise ConfigError(f"config key '{key}' = {config[group][name]} is not divisible by the "
                         f"{n_dev} devices; use a multiple of {n_dev}")
-  if list(config.optim.milestones) != sorted(config.optim.milestones):
-    raise ConfigError(f"config key 'optim.milestones' must be increasing, got "
+  m = list(config.optim.milestones)
+  if any(b <= a for a, b in zip(m, m[1:])) or any(not isinstance(x, (int, float)) for x in m):
+    raise ConfigError(f"config key 'optim.milestones' must be increasing epochs, got "
                       f"{tuple(config.optim.milestones)}")
   try:
     check_source(config.data.name, config.data.source, config.data.path)

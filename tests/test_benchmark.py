@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'experiments' / 'benchmark.py'
 
 
 def _load_benchmark():
+  sys.path.insert(0, str(SCRIPT.parent))  # as `python experiments/benchmark.py` has it
   spec = importlib.util.spec_from_file_location('kdjax_experiments_benchmark', SCRIPT)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -28,10 +28,13 @@ class TrainState:
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int,
                            epochs: int) -> optax.Schedule:
-  """Epoch-based schedules of the CIFAR protocol, expressed in optimizer steps."""
+  """Epoch-based schedules of the CIFAR protocol, expressed in optimizer steps.
+
+  Milestones may be fractional epochs (reduced-budget runs scale the protocol's).
+  """
   if optim.schedule == 'multistep':
     return optax.piecewise_constant_schedule(
-        optim.lr, {int(m) * steps_per_epoch: optim.decay_rate for m in optim.milestones})
+        optim.lr, {round(m * steps_per_epoch): optim.decay_rate for m in optim.milestones})
   if optim.schedule == 'cosine':
     return optax.cosine_decay_schedule(optim.lr, epochs * steps_per_epoch)
   return optax.constant_schedule(optim.lr)
