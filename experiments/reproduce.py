@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from common import ROOT, load_config_module, provenance
 from kdjax import cifar_tables as P
 
+CONFIGS = os.path.join(ROOT, 'configs')
 PROTOCOL_EPOCHS = 240
 # config keys counted in epochs, rescaled by --budget (at least 1 where they are > 0)
 EPOCH_KEYS = ('optim.milestones', 'method.cid.init_epochs')
@@ -59,7 +60,7 @@ CID_PAIRS = ('wrn_40_2-wrn_16_2', 'resnet56-resnet20', 'wrn_40_4-wrn_16_2',
 TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...], str]] = {
     'repdistiller': ((STUDENT, KD, FITNET, AT, CRD, CRD_KD), P.PAIRS,
                      'RepDistiller / CRD tables 1-2: baselines on the 13 CIFAR-100 pairs'),
-    'cid': ((STUDENT, KD, CID), CID_PAIRS, 'CID CIFAR-100 rows (methods.md section 3)'),
+    'cid': ((STUDENT, CID), CID_PAIRS, 'CID CIFAR-100 rows (methods.md section 3)'),
     'icd': ((STUDENT, KD, CRD, ICD, ICD_KD), P.PAIRS,
             'ICD CIFAR-100 tables (methods.md section 4)'),
     'resnet56_resnet20': ((STUDENT, KD, CRD, CID, ICD, ICD_KD), ('resnet56-resnet20',),
@@ -71,8 +72,8 @@ TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...], str]] = {
 def spec(row: Row, pair: str) -> tuple[str, str]:
   """(config file, its argument) of one cell."""
   if row is STUDENT:
-    return os.path.join(ROOT, 'configs', 'teacher.py'), pair.split('-')[1]
-  return os.path.join(ROOT, 'configs', f'{row.config}.py'), row.arg(pair)
+    return os.path.join(CONFIGS, 'teacher.py'), pair.split('-')[1]
+  return os.path.join(CONFIGS, f'{row.config}.py'), row.arg(pair)
 
 
 def published(row: Row, pair: str) -> float | None:
