@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -66,17 +67,14 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat}
 
 
-def model_from_meta(meta: dict[str, Any], dtype: Any = None) -> Any:
+def model_from_meta(meta: dict[str, Any], dtype: Any = jnp.float32) -> Any:
   """The Flax module an export's variables belong to.
 
   A transfer run's export (``meta['transfer']``) is a linear probe: the backbone
   ``meta['model']`` with its own class count, under a head for ``meta['num_classes']``.
   """
-  import jax.numpy as jnp
-
   from kdjax.models import create_model
   from kdjax.models.probe import LinearProbe
-  dtype = dtype or jnp.float32
   transfer = meta.get('transfer')
   if not transfer:
     return create_model(meta['model'], meta['num_classes'], dtype)
