@@ -40,25 +40,36 @@ def _digits(**overrides):
 # ---------------------------------------------------------------- the probe and its optimizer
 
 
+def _variables(model, seed: int = 0):
+  """Random variables of ``model`` drawn with numpy from its shapes: ``model.init``'s
+  random initialisers compile slowly on CPU, and their values do not matter here."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, 32, 32, 3)), train=False))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: (np.ones(s.shape, np.float32) if 'var' in jax.tree_util.keystr(path)
+                       else rng.normal(0, 0.1, s.shape).astype(np.float32)), shapes)
+
+
 def test_probe_passes_no_gradient_and_keeps_batchnorm_statistics():
   probe = LinearProbe(create_model('resnet8', 4), num_classes=7)
-  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
-  variables = jax.jit(lambda x: probe.init(jax.random.PRNGKey(1), x, train=False))(x)
+  x = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)
+  variables = _variables(probe)
 
-  @jax.jit
   def train_forward(params):
     (logits, feats), updates = probe.apply({**variables, 'params': params}, x, train=True,
                                            mutable=['batch_stats'])
-    return jnp.sum(logits ** 2), (logits, feats, updates['batch_stats'])
+    eval_logits, _ = probe.apply({**variables, 'params': params}, x, train=False)
+    return jnp.sum(logits ** 2), (logits, feats, updates['batch_stats'], eval_logits)
 
-  grads, (logits, feats, stats) = jax.grad(train_forward, has_aux=True)(variables['params'])
+  grads, (logits, feats, stats, eval_logits) = jax.jit(jax.grad(train_forward, has_aux=True))(
+      variables['params'])
   chex.assert_shape(logits, (4, 7))
   chex.assert_type(logits, jnp.float32)
   chex.assert_shape(feats[-1], (4, 64))  # resnet8's pooled feature
   chex.assert_shape(variables['params']['head']['kernel'], (64, 7))
   # train=True still normalises with the backbone's running statistics, and leaves them
   chex.assert_trees_all_equal(stats, variables['batch_stats'])
-  eval_logits, _ = jax.jit(lambda v: probe.apply(v, x, train=False))(variables)
   chex.assert_trees_all_close(logits, eval_logits, rtol=1e-6, atol=1e-6)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads['backbone']))
   assert float(jnp.abs(grads['head']['kernel']).max()) > 0
@@ -183,8 +194,7 @@ def test_config_file_runs_on_stl10(digits_backbone, tmp_path):
 
 def _export(path, meta_extra=None, num_classes=4):
   meta = {'model': 'resnet8', 'num_classes': num_classes, **(meta_extra or {})}
-  model = export.model_from_meta(meta)
-  v = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+  v = _variables(export.model_from_meta(meta))
   export.save(str(path), {'params': v['params'], 'batch_stats': v['batch_stats'], 'method': {}},
               meta)
   return str(path)
