@@ -107,8 +107,8 @@ def test_optimizer_mask_freezes_leaves_bitwise():
 def digits_backbone(tmp_path_factory) -> str:
   """A resnet8 trained briefly on part of the digits (about 70% test accuracy)."""
   workdir = str(tmp_path_factory.mktemp('digits_backbone'))
-  loop.train(tiny_config(train__epochs=5, data__train_examples=640, optim__lr=0.1, **_digits()),
-             workdir)
+  loop.train(tiny_config(train__epochs=5, data__train_examples=640, optim__lr=0.1,
+                         train__eval_every=5, checkpoint__every=5, **_digits()), workdir)
   return workdir
 
 

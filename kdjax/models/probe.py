@@ -43,21 +43,23 @@ def trainable_mask(params: PyTree) -> PyTree:
   return {k: jax.tree.map(lambda _: k != BACKBONE, v) for k, v in params.items()}
 
 
-def with_backbone(variables: PyTree, backbone_variables: PyTree) -> PyTree:
-  """The probe's freshly initialised ``variables`` with the trained backbone put in.
+def init_variables(probe: LinearProbe, backbone_variables: PyTree, key: jax.Array,
+                   sample: jax.Array) -> PyTree:
+  """The probe's variables: the trained backbone's, and a freshly initialised head.
 
-  Shapes must agree leaf by leaf (the export was checked against its model already);
-  a mismatch is a programming error, hence the plain ValueError.
+  Only the head is initialised: the backbone's random initialisers would be compiled
+  (tens of seconds on a CPU) for values that are thrown away. Shapes must agree with
+  the probe's leaf by leaf (the export was checked against its model already), so a
+  mismatch is a programming error, hence the plain ValueError.
   """
-  out = {}
-  for collection, tree in variables.items():
-    tree = dict(tree)
-    if BACKBONE in tree:
-      given = backbone_variables.get(collection, {})
-      want = jax.tree.map(jnp.shape, tree[BACKBONE])
-      got = jax.tree.map(jnp.shape, given)
-      if want != got:
-        raise ValueError(f'backbone {collection} do not fit the probe')
-      tree[BACKBONE] = jax.tree.map(jnp.asarray, given)
-    out[collection] = tree
-  return out
+  shapes = jax.eval_shape(lambda: probe.init(key, sample, train=False))
+  for collection, tree in shapes.items():
+    got = jax.tree.map(jnp.shape, backbone_variables.get(collection, {}))
+    if jax.tree.map(lambda s: s.shape, tree[BACKBONE]) != got:
+      raise ValueError(f'backbone {collection} do not fit the probe')
+  fan_in = shapes['params'][HEAD]['kernel'].shape[0]
+  head = linear(probe.num_classes, fan_in, dtype=probe.dtype).init(
+      key, jnp.zeros((1, fan_in), jnp.float32))['params']
+  variables = {c: {BACKBONE: jax.tree.map(jnp.asarray, backbone_variables[c])} for c in shapes}
+  variables['params'][HEAD] = head
+  return variables

@@ -75,8 +75,7 @@ def init_probe(backbone: Backbone, num_classes: int, dtype: Any, key: jax.Array,
   meta = {'model': backbone.meta['model'], 'num_classes': num_classes,
           **export_fields(backbone)}
   model = export.model_from_meta(meta, dtype)
-  variables = model.init(key, sample, train=False)
-  return model, probe.with_backbone(variables, backbone.variables)
+  return model, probe.init_variables(model, backbone.variables, key, sample)
 
 
 def trainable(params: PyTree, backbone: Backbone | None) -> PyTree | None:
