@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 
-MODES = ('train', 'distill', 'evaluate', 'pipeline')
+MODES = ('train', 'distill', 'evaluate', 'pipeline', 'transfer')
 SCHEDULES = ('multistep', 'cosine', 'constant')
 DTYPES = ('float32', 'bfloat16')
 
@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.checkpoint = ''     # for mode=evaluate: exported model dir or workdir
   c.evaluate.split = 'test'
+
+  # mode=transfer: a linear head on the frozen backbone of `checkpoint`, trained on `data`
+  # (the target dataset); model.name is the checkpoint's, whatever the config says
+  c.transfer = ml_collections.ConfigDict()
+  c.transfer.checkpoint = ''     # exported model dir, or a kdjax workdir
 
   # mode=pipeline: teacher (CE) -> student (method) -> student from scratch (CE)
   c.pipeline = ml_collections.ConfigDict()
@@ -190,13 +195,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("mode 'evaluate' needs --config.evaluate.checkpoint=PATH "
                         "(an exported model or a kdjax workdir)")
     _check_model_checkpoint('evaluate.checkpoint', config.evaluate.checkpoint, '')
+  if config.mode == 'transfer':
+    _check_transfer(config)
 
 
-def _check_model_checkpoint(key: str, path: str, model_name: str) -> None:
+def _check_transfer(config: ml_collections.ConfigDict) -> None:
+  path = config.transfer.checkpoint
+  if not path:
+    raise ConfigError("mode 'transfer' needs --config.transfer.checkpoint=PATH (the model whose "
+                      'frozen backbone is probed: an exported model or a kdjax workdir)')
+  meta = _check_model_checkpoint('transfer.checkpoint', path, '')
+  if meta.get('transfer'):
+    raise ConfigError(f"config key 'transfer.checkpoint': {path} is itself a linear probe; "
+                      'give the export of the model it probed')
+  size = meta.get('image_size')
+  if size and size != config.data.image_size:
+    raise ConfigError(f"config key 'data.image_size' is {config.data.image_size} but the "
+                      f'backbone in {path} was trained on {size}x{size} images; use '
+                      f'--config.data.image_size={size}')
+
+
+def _check_model_checkpoint(key: str, path: str, model_name: str) -> dict[str, Any]:
+  """The export's metadata, once its metadata and variable shapes were checked."""
   from kdjax.train import export
   if not os.path.exists(path):
     raise ConfigError(f"config key '{key}': {path} does not exist")
   try:
-    export.check_exported(path, model_name)
+    return export.check_exported(path, model_name)
   except export.ExportError as e:
     raise ConfigError(f"config key '{key}': {e}") from None

@@ -5,6 +5,7 @@ The config file's ``config.mode`` says what to do:
   distill   distil ``model.name`` from the frozen ``teacher.checkpoint`` with ``method``
   evaluate  evaluate ``evaluate.checkpoint`` on ``data`` / ``evaluate.split``
   pipeline  teacher, then distilled student, then the student from labels, in one go
+  transfer  train a linear head on ``data`` over the frozen backbone of ``transfer.checkpoint``
 Override any key with ``--config.<key>=<value>`` (e.g. ``--config.train.epochs=5``).
 A workdir that holds checkpoints of the same experiment is resumed.
 """

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -66,10 +67,32 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat}
 
 
-def check_variables(model_name: str, num_classes: int, variables: dict[str, Any]) -> None:
-  """Raises ExportError unless ``variables`` fit the model (names and shapes)."""
+def model_from_meta(meta: dict[str, Any], dtype: Any = jnp.float32) -> Any:
+  """The Flax module an export's variables belong to.
+
+  A transfer run's export (``meta['transfer']``) is a linear probe: the backbone
+  ``meta['model']`` with its own class count, under a head for ``meta['num_classes']``.
+  """
   from kdjax.models import create_model
-  model = create_model(model_name, num_classes)
+  from kdjax.models.probe import LinearProbe
+  transfer = meta.get('transfer')
+  if not transfer:
+    return create_model(meta['model'], meta['num_classes'], dtype)
+  backbone = create_model(meta['model'], transfer['backbone_num_classes'], dtype)
+  return LinearProbe(backbone, meta['num_classes'], dtype)
+
+
+def describe(meta: dict[str, Any]) -> str:
+  """'resnet8 with 10 classes', or 'linear probe (10 classes) on resnet8'."""
+  if meta.get('transfer'):
+    return f"linear probe ({meta['num_classes']} classes) on {meta['model']}"
+  return f"{meta['model']} with {meta['num_classes']} classes"
+
+
+def check_variables(meta: dict[str, Any], variables: dict[str, Any]) -> None:
+  """Raises ExportError unless ``variables`` fit the model ``meta`` describes (names and
+  shapes)."""
+  model = model_from_meta(meta)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
                                                                              np.float32)))
   want = _shapes({'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})})
@@ -86,8 +109,7 @@ def check_variables(model_name: str, num_classes: int, variables: dict[str, Any]
     if misshaped:
       k = misshaped[0]
       parts.append(f'{len(misshaped)} mis-shaped (e.g. {k}: expected {want[k]}, got {got[k]})')
-    raise ExportError(f'variables do not fit {model_name} with {num_classes} classes: '
-                      + '; '.join(parts))
+    raise ExportError(f'variables do not fit {describe(meta)}: ' + '; '.join(parts))
 
 
 def check_exported(path: str, model_name: str = '') -> dict[str, Any]:
@@ -97,9 +119,15 @@ def check_exported(path: str, model_name: str = '') -> dict[str, Any]:
   if model_name and meta['model'] != model_name:
     raise ExportError(f"{export_dir} holds a {meta['model']}, not a {model_name}; "
                       'fix the model name or the path')
-  with ocp.StandardCheckpointer() as ckptr:
-    shapes = ckptr.metadata(os.path.join(export_dir, VARIABLES_DIR))
-  tree = getattr(shapes, 'item_metadata', shapes)
-  tree = getattr(tree, 'tree', tree)
-  check_variables(meta['model'], meta['num_classes'], dict(tree))
+  variables_dir = os.path.join(export_dir, VARIABLES_DIR)
+  tree = None
+  if os.path.isdir(variables_dir):
+    with ocp.StandardCheckpointer() as ckptr:
+      shapes = ckptr.metadata(variables_dir)
+    tree = getattr(shapes, 'item_metadata', shapes)
+    tree = getattr(tree, 'tree', tree)
+  if not tree:
+    raise ExportError(f'{export_dir} has no readable {VARIABLES_DIR}/ beside {META_FILE}; '
+                      'the export is incomplete: export or copy the model again')
+  check_variables(meta, dict(tree))
   return meta

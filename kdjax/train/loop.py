@@ -23,7 +23,7 @@ from kdjax.config import ConfigError
 from kdjax.data import ArrayDataset, load_split
 from kdjax.methods import InitContext
 from kdjax.models import create_model
-from kdjax.train import export
+from kdjax.train import export, transfer
 from kdjax.train.checkpoint import Checkpoints
 from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, plot_curves
@@ -71,8 +71,8 @@ def chunk_size(steps_per_epoch: int, steps_per_call: int) -> int:
 
 def method_for(config: ml_collections.ConfigDict) -> tuple[methods.Method,
                                                                 ml_collections.ConfigDict]:
-  """Mode 'train' is plain CE on labels whatever the method section says."""
-  if config.mode == 'train':
+  """Modes 'train' and 'transfer' are plain CE on labels whatever the method section says."""
+  if config.mode in ('train', 'transfer'):
     cfg = ml_collections.ConfigDict(dict(name='ce', gamma=1.0, alpha=0.0, beta=0.0,
                                          temperature=config.method.temperature))
     return methods.get_method('ce'), ml_collections.FrozenConfigDict(cfg)
@@ -81,9 +81,12 @@ def method_for(config: ml_collections.ConfigDict) -> tuple[methods.Method,
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What must not change between a checkpoint and the run resuming from it."""
-  return {'mode': config.mode, 'model': config.model.name, 'method': method_for(config)[0].name,
-          'data': config.data.name, 'batch_size': config.train.batch_size,
-          'seed': config.seed, 'devices': jax.device_count()}
+  fp = {'mode': config.mode, 'model': config.model.name, 'method': method_for(config)[0].name,
+        'data': config.data.name, 'batch_size': config.train.batch_size,
+        'seed': config.seed, 'devices': jax.device_count()}
+  if config.mode == 'transfer':  # a probe of another backbone is another experiment
+    fp['backbone'] = export.resolve(config.transfer.checkpoint)
+  return fp
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDataset]:
@@ -102,8 +105,8 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int
   if meta['num_classes'] != num_classes:
     raise ConfigError(f"config key 'teacher.checkpoint': the teacher predicts "
                       f"{meta['num_classes']} classes but {config.data.name} has {num_classes}")
-  export.check_variables(meta['model'], meta['num_classes'], variables)
-  model = create_model(meta['model'], num_classes, DTYPES[config.model.dtype])
+  export.check_variables(meta, variables)
+  model = export.model_from_meta(meta, DTYPES[config.model.dtype])
   return model, {'params': variables['params'], 'batch_stats': variables['batch_stats']}, meta
 
 
@@ -138,14 +141,20 @@ class RunSetup(NamedTuple):
 
 def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: int,
               image_shape: tuple[int, ...], teacher: Any, teacher_vars: Any,
-              steps_per_epoch: int, train_labels: np.ndarray | None = None) -> RunSetup:
+              steps_per_epoch: int, train_labels: np.ndarray | None = None,
+              backbone: transfer.Backbone | None = None) -> RunSetup:
   """The student, its method's variables, the optimizer and the initial state of a run
-  (pure: also used by the benchmark, so it measures exactly what training runs)."""
+  (pure: also used by the benchmark, so it measures exactly what training runs).
+  With a ``backbone`` (mode transfer) the student is a linear probe on it."""
   method, method_cfg = method_for(config)
-  student = create_model(config.model.name, num_classes, DTYPES[config.model.dtype])
   init_key, method_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   sample = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-  student_vars = student.init(init_key, sample, train=False)
+  if backbone is None:
+    student = create_model(config.model.name, num_classes, DTYPES[config.model.dtype])
+    student_vars = student.init(init_key, sample, train=False)
+  else:
+    student, student_vars = transfer.init_probe(backbone, num_classes,
+                                                DTYPES[config.model.dtype], init_key, sample)
   teacher_out = forward(teacher, teacher_vars, sample) if teacher is not None else None
   mvars = method.init(InitContext(
       rng=method_key, student=forward(student, student_vars, sample), teacher=teacher_out,
@@ -155,7 +164,7 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: in
   schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
   tx = make_optimizer(config.optim, schedule, {
       'student': jax.tree.map(lambda _: True, params['student']),
-      'method': method.decay_mask(mvars.params)})
+      'method': method.decay_mask(mvars.params)}, trainable=transfer.trainable(params, backbone))
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
@@ -164,7 +173,10 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: in
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (mode train) or distils (mode distill) in ``workdir``, resuming if possible."""
+  """Trains (mode train), distils (mode distill) or probes a frozen backbone (mode
+  transfer) in ``workdir``, resuming if possible."""
+  backbone = transfer.load_backbone(config)
+  config = transfer.run_config(config, backbone)
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
   method, method_cfg = method_for(config)
@@ -180,7 +192,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
 
   setup = build_run(config, num_classes, len(train_ds), train_ds.images.shape[1:], teacher,
-                    teacher_vars, steps_per_epoch, train_labels=train_ds.labels)
+                    teacher_vars, steps_per_epoch, train_labels=train_ds.labels,
+                    backbone=backbone)
   student, schedule, tx = setup.student, setup.schedule, setup.tx
   # distinct buffers per leaf: donation fails when two leaves alias one array
   state = replicate(jax.tree.map(lambda x: jnp.array(x, copy=True), setup.state), mesh)
@@ -196,7 +209,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   test_images = replicate(test_ds.images, mesh)
   test_labels = replicate(test_ds.labels, mesh)
   teacher_vars = replicate(teacher_vars, mesh)
-  data = DataSpec(train_ds.mean, train_ds.std, config.data.crop_padding, config.data.flip)
+  data = DataSpec(*transfer.normalization(train_ds, backbone), config.data.crop_padding,
+                  config.data.flip)
   step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh)
   k = chunk_size(steps_per_epoch, config.train.steps_per_call or (
       1 if jax.devices()[0].platform == 'cpu' else 100))
@@ -229,11 +243,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def export_meta(step: int, accuracy: float) -> dict[str, Any]:
     return {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
-            'dataset': config.data.name, 'mean': list(train_ds.mean), 'std': list(train_ds.std),
+            'dataset': config.data.name, 'mean': list(data.mean), 'std': list(data.std),
             'image_size': int(train_ds.images.shape[1]), 'test_accuracy': accuracy,
             'step': step,
             'teacher': teacher_meta['model'] if teacher_meta else None,
-            'method_config': method_cfg.to_dict()}
+            'method_config': method_cfg.to_dict(), **transfer.export_fields(backbone)}
 
   def save_export(path: str, st: TrainState, accuracy: float) -> None:
     export.save(path, {'params': st.params['student'], 'batch_stats': st.batch_stats['student'],
@@ -347,12 +361,12 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if meta['num_classes'] != ds.num_classes:
     raise ConfigError(f"config key 'evaluate.checkpoint': the model predicts "
                       f"{meta['num_classes']} classes but {d.name} has {ds.num_classes}")
-  export.check_variables(meta['model'], meta['num_classes'], variables)
+  export.check_variables(meta, variables)
   method = methods.get_method(meta.get('method') or 'ce')
   # the method settings the model was trained with (e.g. CID's temperature), not today's
   base = ml_collections.ConfigDict(meta['method_config']) if 'method_config' in meta else (
       copy.deepcopy(config.method))
-  model = create_model(meta['model'], ds.num_classes, DTYPES[config.model.dtype])
+  model = export.model_from_meta(meta, DTYPES[config.model.dtype])
   # the export's own normalisation: the model was trained with it
   data = DataSpec(tuple(meta.get('mean', ds.mean)), tuple(meta.get('std', ds.std)), 0, False)
   evaluate = build_eval(model, method, ml_collections.FrozenConfigDict(base), data, mesh)

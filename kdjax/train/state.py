@@ -41,11 +41,20 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   decay_mask: PyTree) -> optax.GradientTransformation:
-  """torch SGD: weight decay added to the gradient before momentum (coupled)."""
-  return optax.chain(
+                   decay_mask: PyTree, trainable: PyTree | None = None
+                   ) -> optax.GradientTransformation:
+  """torch SGD: weight decay added to the gradient before momentum (coupled).
+
+  ``trainable`` (a bool tree like the params; None = all) freezes the False leaves:
+  their update is exactly zero, with no weight decay and no momentum buffer.
+  """
+  sgd = optax.chain(
       optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
       optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
+  if trainable is None:
+    return sgd
+  labels = jax.tree.map(lambda t: 'train' if t else 'frozen', trainable)
+  return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
 
 
 def step_key(state: TrainState) -> jax.Array:
