@@ -136,3 +136,21 @@ def test_bound_is_validated():
   config.train.max_skipped_steps = -1
   with pytest.raises(ConfigError, match="'train.max_skipped_steps' must be >= 0"):
     validate(config)
+
+
+@pytest.mark.slow
+def test_cli_exits_3_on_a_diverged_run(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  result = subprocess.run(
+      [sys.executable, '-m', 'kdjax.main', '--config', 'configs/default.py', '--workdir',
+       str(tmp_path), '--config.mode=train', '--config.model.name=resnet8',
+       '--config.data.name=fake', '--config.data.source=fake', '--config.data.fake_examples=64',
+       '--config.train.batch_size=32', '--config.train.progress=False',
+       '--config.optim.lr=1e30'], cwd=repo, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 3, result.stderr
+  assert 'kdjax: error: non-finite loss at step ' in result.stderr
+  assert 'Traceback' not in result.stderr
