@@ -83,8 +83,9 @@ def test_no_readable_checkpoint_is_an_error(finished, tmp_path):
   workdir = _copy(finished, tmp_path)
   for step in ('16', '24'):
     _delete_meta(os.path.join(workdir, 'checkpoints', step))
-  with pytest.raises(CheckpointError, match=r'no checkpoint in .* is readable \(steps \[24, 16\]\); '
-                     'delete that directory to start the run over, or use a new --workdir'):
+  with pytest.raises(CheckpointError, match=r'no checkpoint in .* is readable '
+                     r'\(steps \[24, 16\]\); delete that directory to start the run over, '
+                     'or use a new --workdir'):
     loop.train(tiny_config(**CONFIG), workdir)
 
 

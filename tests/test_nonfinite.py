@@ -72,7 +72,7 @@ def test_skipped_steps_over_the_bound_stop_the_run(tmp_path, poison):
   poison(from_epoch=0)  # one poisoned step per epoch
   with pytest.raises(loop.NonFiniteLoss) as e:
     loop.train(tiny_config(train__epochs=2, train__max_skipped_steps=1), str(tmp_path))
-  assert str(e.value).startswith(f'non-finite loss at step {_poisoned_step(1)} ')
+  assert str(e.value).startswith(f'non-finite loss or gradients at step {_poisoned_step(1)} ')
   assert '2 steps skipped, more than train.max_skipped_steps=1' in str(e.value)
 
 

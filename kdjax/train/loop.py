@@ -283,9 +283,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       check_finite(epoch_metrics, int(state.step))
       train_metrics = _epoch_means(epoch_metrics)
       if train_metrics.get('train/skipped_steps'):
-        _print(f"kdjax: warning: epoch {epoch + 1} skipped {train_metrics['train/skipped_steps']:.0f} "
-               f'step(s) with a non-finite loss or gradients ({skipped} of at most '
-               f'{config.train.max_skipped_steps} in this run)')
+        _print(f'kdjax: warning: epoch {epoch + 1} skipped '
+               f"{train_metrics['train/skipped_steps']:.0f} step(s) with a non-finite loss or "
+               f'gradients ({skipped} of at most {config.train.max_skipped_steps} in this run)')
       seconds = time.time() - t_epoch
       record = {'epoch': epoch + 1, **train_metrics,
                 'train/images_per_second': len(chunks) * k * batch / seconds,
@@ -346,9 +346,10 @@ def _check_finite(chunks: list[dict[str, np.ndarray]], step_after: int, skipped:
   i = int(bad[max_skipped - skipped])
   step = step_after - len(losses) + i + 1
   terms = {key: float(_stacked(chunks, key)[i]) for key in chunks[0] if key != 'skipped'}
+  what = 'non-finite loss or gradients' if 'skipped' in chunks[0] else 'non-finite loss'
   bound = (f'; {max_skipped + 1} steps skipped, more than train.max_skipped_steps='
            f'{max_skipped}' if max_skipped else '')
-  raise NonFiniteLoss(f'non-finite loss at step {step} (terms of that step: {terms}){bound}; '
+  raise NonFiniteLoss(f'{what} at step {step} (terms of that step: {terms}){bound}; '
                       'the last good checkpoint is kept; lower optim.lr or check the inputs')
 
 
