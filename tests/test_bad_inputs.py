@@ -175,6 +175,7 @@ def results(assets) -> dict[str, dict]:
   return {c[0]: r for c, r in zip(CASES, json.loads(batch.stdout))}
 
 
+@pytest.mark.slow  # the shared fixture: ~45 s of CPU for the whole catalogue
 @pytest.mark.parametrize('name,message', [pytest.param(c[0], c[2], id=c[0]) for c in CASES])
 def test_bad_input_is_one_clear_line(name, message, results, assets):
   result = results[name]
