@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps_per_call = 0     # steps fused in one jitted scan; 0 = auto (1 on CPU, 100 else)
   c.train.eval_every = 1         # epochs
   c.train.progress = True
+  c.train.max_skipped_steps = 0  # steps with a non-finite loss skipped before stopping
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 2          # last N checkpoints, plus the best one
@@ -136,11 +137,25 @@ def _one_of(key: str, value: str, accepted: Any) -> None:
     raise ConfigError(f"config key '{key}' is {value!r}; accepted: {', '.join(accepted)}")
 
 
-def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
-  for key in keys:
-    group, name = key.split('.')
-    if config[group][name] <= 0:
-      raise ConfigError(f"config key '{key}' must be > 0, got {config[group][name]!r}")
+# (keys, test, what is accepted): numbers outside these ranges are mistakes
+_RANGES = (
+    (('train.epochs', 'train.batch_size', 'train.eval_batch_size', 'train.eval_every',
+      'optim.lr', 'optim.decay_rate', 'checkpoint.keep', 'checkpoint.every',
+      'method.temperature', 'data.image_size'), lambda v: v > 0, '> 0'),
+    (('data.crop_padding', 'optim.weight_decay', 'method.gamma', 'method.alpha',
+      'method.beta', 'train.max_skipped_steps'), lambda v: v >= 0, '>= 0'),
+    (('data.train_examples',), lambda v: v >= 0, '>= 0 (0 = the whole split)'),
+    (('train.steps_per_call',), lambda v: v >= 0, '>= 0 (0 = automatic)'),
+    (('optim.momentum',), lambda v: 0 <= v < 1, 'in [0, 1) (0 = plain SGD)'),
+)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  for keys, ok, accepted in _RANGES:
+    for key in keys:
+      group, name = key.split('.')
+      if not ok(config[group][name]):
+        raise ConfigError(f"config key '{key}' must be {accepted}, got {config[group][name]!r}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -159,12 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of('model.dtype', config.model.dtype, DTYPES)
   _one_of('method.name', config.method.name, methods.method_names())
   _one_of('optim.schedule', config.optim.schedule, SCHEDULES)
-  if config.data.train_examples < 0:
-    raise ConfigError("config key 'data.train_examples' must be >= 0 (0 = the whole split)")
-  _positive(config, 'train.epochs', 'train.batch_size', 'train.eval_batch_size', 'optim.lr', 'checkpoint.keep', 'checkpoint.every',
-            'method.temperature')
-  if config.train.steps_per_call < 0:
-    raise ConfigError("config key 'train.steps_per_call' must be >= 0 (0 = automatic)")
+  _check_ranges(config)
   n_dev = jax.device_count()
   for key in ('train.batch_size', 'train.eval_batch_size'):
     group, name = key.split('.')

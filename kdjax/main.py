@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -64,6 +65,31 @@ def main(argv: list[str]) -> None:
     _fail(str(e), _PLATFORM_EXIT_CODES['nonfinite'])
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The --config file named on the command line (without its ':arg')."""
+  for i, a in enumerate(argv):
+    if a.startswith('--config='):
+      return os.path.abspath(a.split('=', 1)[1].split(':', 1)[0])
+    if a == '--config' and i + 1 < len(argv):
+      return os.path.abspath(argv[i + 1].split(':', 1)[0])
+  return None
+
+
+def _raised_in(error: BaseException, path: str | None) -> tuple[BaseException, int] | None:
+  """(the original error, its line) if ``error`` or one it was raised from came from the
+  config file ``path`` itself (config_flags re-wraps some errors with a traceback text)."""
+  seen = error
+  while path and seen is not None:
+    if isinstance(seen, SyntaxError) and seen.filename and os.path.abspath(seen.filename) == path:
+      return seen, seen.lineno or 0
+    lines = [f.lineno for f in traceback.extract_tb(seen.__traceback__)
+             if os.path.abspath(f.filename) == path]
+    if lines:
+      return seen, lines[-1] or 0
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with override mistakes turned into one line instead of a traceback."""
   try:
@@ -72,18 +98,32 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if any(a in ('--help', '-h', '--helpfull', '--helpshort') for a in argv):
       sys.exit(0)
     raise
-  except (KeyError, AttributeError) as e:  # ml_collections: unknown key in --config.<key>
+  except Exception as e:  # noqa: BLE001 - a config file can raise anything
+    path = _config_path(argv)
+    origin = _raised_in(e, path)
+    if origin is None:
+      _report_override_error(e)
+      raise
+    error, line = origin
+    reason = ' '.join(str(error).split()) or 'no message'
+    _fail(f'the --config file {os.path.relpath(path)} raised {type(error).__name__} at '
+          f'line {line}: {reason}', 2)
+  return []
+
+
+def _report_override_error(e: Exception) -> None:
+  """One line for the mistakes absl / ml_collections make in parsing the overrides."""
+  if isinstance(e, (KeyError, AttributeError)):  # ml_collections: unknown key in --config.<key>
     text = str(e)
     key = re.search(r"(\w+)", text)
     close = re.search(r'Did you mean "(\w+)"', text)
     hint = f'; did you mean {close.group(1)!r}?' if close else '; see the config file for the keys'
     _fail(f"unknown config key {key.group(1) if key else text!r} in a --config override{hint}", 2)
-  except (flags.Error, ValueError, TypeError) as e:
+  if isinstance(e, (flags.Error, ValueError, TypeError)):
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # a failing get_config() arrives as a whole traceback: its last line is the reason
     reason = lines[-1] if 'Traceback' in str(e) else ' '.join(lines)
     _fail(f'{reason}; see --help', 2)
-  return []
 
 
 if __name__ == '__main__':

@@ -45,6 +45,8 @@ def save(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   variables = jax.tree.map(np.asarray, jax.device_get(variables))
+  if os.path.exists(os.path.join(path, META_FILE)):  # until rewritten, the export is incomplete
+    os.remove(os.path.join(path, META_FILE))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, VARIABLES_DIR), variables, force=True)
   tmp = os.path.join(path, META_FILE + '.tmp')

@@ -200,8 +200,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
   fp = fingerprint(config)
+  skipped = 0  # steps skipped for a non-finite loss, over the whole run
   if ckpts.latest_step() is not None:
-    state, _ = ckpts.restore(state, fp)
+    state, restored_meta = ckpts.restore(state, fp)
+    skipped = restored_meta.get('skipped_steps', 0)
     _print(f'kdjax: resuming {workdir} from step {int(state.step)}')
 
   images = replicate(train_ds.images, mesh)
@@ -211,7 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   teacher_vars = replicate(teacher_vars, mesh)
   data = DataSpec(*transfer.normalization(train_ds, backbone), config.data.crop_padding,
                   config.data.flip)
-  step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh)
+  step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh,
+                             skip_nonfinite=config.train.max_skipped_steps > 0)
   k = chunk_size(steps_per_epoch, config.train.steps_per_call or (
       1 if jax.devices()[0].platform == 'cpu' else 100))
   train_chunk = build_train_chunk(step_fn, mesh, k)
@@ -255,6 +258,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                   'batch_stats': st.batch_stats['method'],
                                   'state': st.method_state}}, export_meta(int(st.step), accuracy))
 
+  def check_finite(chunks: list[dict[str, np.ndarray]], step_after: int) -> None:
+    nonlocal skipped
+    try:
+      skipped = _check_finite(chunks, step_after, skipped, config.train.max_skipped_steps)
+    except NonFiniteLoss:
+      ckpts.wait()  # the last good checkpoint may still be being written
+      raise
+    meta['skipped_steps'] = skipped
+
   t_start = time.time()
   with _SigtermFlag() as sigterm:
     for epoch in range(start_epoch, config.train.epochs):
@@ -274,7 +286,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         pending = metrics
         if sigterm.raised:
           epoch_metrics.append(jax.device_get(pending))
-          _check_finite(epoch_metrics, int(state.step), k)
+          check_finite(epoch_metrics, int(state.step))
           ckpts.save(int(state.step), state, meta, wait=True)
           progress.close()
           raise Preempted(f'SIGTERM: saved step {int(state.step)} in {ckpts.directory}; '
@@ -282,9 +294,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       epoch_metrics.append(jax.device_get(pending))
       progress.update(k)
       progress.close()
-      _check_finite(epoch_metrics, int(state.step), k)
-      train_metrics = {f'train/{key}': float(np.mean(np.concatenate(
-          [np.atleast_1d(m[key]) for m in epoch_metrics]))) for key in epoch_metrics[0]}
+      check_finite(epoch_metrics, int(state.step))
+      train_metrics = _epoch_means(epoch_metrics)
+      if train_metrics.get('train/skipped_steps'):
+        _print(f'kdjax: warning: epoch {epoch + 1} skipped '
+               f"{train_metrics['train/skipped_steps']:.0f} step(s) with a non-finite loss or "
+               f'gradients ({skipped} of at most {config.train.max_skipped_steps} in this run)')
       seconds = time.time() - t_epoch
       record = {'epoch': epoch + 1, **train_metrics,
                 'train/images_per_second': len(chunks) * k * batch / seconds,
@@ -329,16 +344,38 @@ def _progress(config: ml_collections.ConfigDict, epoch: int, total: int):
               leave=False, disable=not config.train.progress, file=sys.stderr)
 
 
-def _check_finite(chunks: list[dict[str, np.ndarray]], step_after: int, k: int) -> None:
-  losses = np.concatenate([np.atleast_1d(c['loss']) for c in chunks])
-  bad = np.flatnonzero(~np.isfinite(losses))
-  if bad.size:
-    first = step_after - len(losses) + int(bad[0]) + 1
-    i = int(bad[0])
-    terms = {key: float(np.concatenate([np.atleast_1d(c[key]) for c in chunks])[i])
-             for key in chunks[0]}
-    raise NonFiniteLoss(f'non-finite loss at step {first} (terms of that call: {terms}); '
-                        'the last good checkpoint is kept; lower optim.lr or check the inputs')
+def _stacked(chunks: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
+  return np.concatenate([np.atleast_1d(c[key]) for c in chunks])
+
+
+def _check_finite(chunks: list[dict[str, np.ndarray]], step_after: int, skipped: int = 0,
+                  max_skipped: int = 0) -> int:
+  """The run's count of skipped steps after these chunks (the jitted step skips them when
+  ``max_skipped`` > 0); raises NonFiniteLoss naming the step that goes over the bound."""
+  losses = _stacked(chunks, 'loss')
+  bad = np.flatnonzero(_stacked(chunks, 'skipped') if 'skipped' in chunks[0]
+                       else ~np.isfinite(losses))
+  if skipped + bad.size <= max_skipped:
+    return skipped + bad.size
+  i = int(bad[max_skipped - skipped])
+  step = step_after - len(losses) + i + 1
+  terms = {key: float(_stacked(chunks, key)[i]) for key in chunks[0] if key != 'skipped'}
+  what = 'non-finite loss or gradients' if 'skipped' in chunks[0] else 'non-finite loss'
+  bound = (f'; {max_skipped + 1} steps skipped, more than train.max_skipped_steps='
+           f'{max_skipped}' if max_skipped else '')
+  raise NonFiniteLoss(f'{what} at step {step} (terms of that step: {terms}){bound}; '
+                      'the last good checkpoint is kept; lower optim.lr or check the inputs')
+
+
+def _epoch_means(chunks: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Per-step metrics averaged over the epoch's steps that were not skipped."""
+  if 'skipped' not in chunks[0]:
+    return {f'train/{key}': float(np.mean(_stacked(chunks, key))) for key in chunks[0]}
+  skipped = _stacked(chunks, 'skipped').astype(bool)
+  means = {f'train/{key}': float(np.mean(_stacked(chunks, key)[~skipped])) if not skipped.all()
+           else float('nan') for key in chunks[0] if key != 'skipped'}
+  means['train/skipped_steps'] = float(skipped.sum())
+  return means
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -40,8 +40,14 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:  # a line cut short by a killed run; the resumed run rewrote it
+        continue
+  return records
 
 
 def plot_curves(workdir: str, filename: str = 'curves.png') -> str | None:

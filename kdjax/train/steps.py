@@ -41,12 +41,14 @@ def forward(model: nn.Module, variables: PyTree, images: jax.Array, train: bool 
 
 def build_train_step(student: nn.Module, teacher: nn.Module | None, method: Method,
                      method_config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                     data: DataSpec, steps_per_epoch: int, mesh: Mesh
+                     data: DataSpec, steps_per_epoch: int, mesh: Mesh,
+                     skip_nonfinite: bool = False
                      ) -> Callable[..., tuple[TrainState, Metrics]]:
   """``step(state, teacher_vars, images, labels, idx) -> (state, metrics)``, not jitted.
 
   ``images``/``labels`` are the whole training set (uint8 NHWC / int32) and ``idx`` the
-  (B,) dataset indices of this step's batch.
+  (B,) dataset indices of this step's batch. With ``skip_nonfinite`` a step whose loss
+  or gradients are not finite changes nothing but the step count (metric ``skipped``).
   """
   batch_sharding = batch_sharded(mesh)
 
@@ -85,9 +87,24 @@ def build_train_step(student: nn.Module, teacher: nn.Module | None, method: Meth
     new_state = state.replace(
         step=new_step, params=params, opt_state=opt_state, method_state=method_state,
         batch_stats={'student': student_stats, 'method': out.batch_stats})
+    if skip_nonfinite:
+      return _skip_if_nonfinite(state, new_state, loss, grads, metrics)
     return new_state, metrics
 
   return step
+
+
+def _skip_if_nonfinite(old: TrainState, new: TrainState, loss: jax.Array, grads: PyTree,
+                       metrics: Metrics) -> tuple[TrainState, Metrics]:
+  """Keeps ``old``'s variables if the loss or any gradient is not finite. The step still
+  counts, so the data order and the schedule go on as in an unskipped run."""
+  finite = jnp.isfinite(loss)
+  for g in jax.tree.leaves(grads):
+    finite &= jnp.all(jnp.isfinite(g))
+  keep = lambda n, o: jnp.where(finite, n, o)
+  kept = new.replace(**{name: jax.tree.map(keep, getattr(new, name), getattr(old, name))
+                        for name in ('params', 'opt_state', 'batch_stats', 'method_state')})
+  return kept, {**metrics, 'skipped': (~finite).astype(jnp.int32)}
 
 
 def build_train_chunk(step: Callable[..., tuple[TrainState, Metrics]], mesh: Mesh,
