@@ -174,9 +174,13 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[i
   return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
 
 
-def _epochs_logged(workdir: str) -> list[int]:
+def _records(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line)['epoch'] for line in f]
+    return [json.loads(line) for line in f]
+
+
+def _epochs_logged(workdir: str) -> list[int]:
+  return [r['epoch'] for r in _records(workdir)]
 
 
 @pytest.mark.slow
@@ -198,9 +202,13 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
     assert code == 143, err[-3000:]
     saved.append(int(err.split('SIGTERM: saved step ')[1].split()[0]))
   assert saved[0] == saved[1] >= _STEPS_PER_EPOCH, saved  # both saved the same step
-  # resume, mid-epoch if that is where it stopped, and finish one more whole epoch
+  # resume, mid-epoch if that is where it stopped, and finish one more whole epoch; the
+  # one-process reference runs meanwhile
   epochs = saved[0] // _STEPS_PER_EPOCH + 2
-  resumed = _finish(_start_pair(pair_dir, [f'--config.train.epochs={epochs}']))
+  single_dir = str(tmp_path / 'single')
+  procs = _start_pair(pair_dir, [f'--config.train.epochs={epochs}'])
+  procs.append(_start(single_dir, 4, [f'--config.train.epochs={epochs}']))
+  resumed = _finish(procs)
   for code, _, err in resumed:
     assert code == 0, err[-3000:]
   out0, out1 = resumed[0][1], resumed[1][1]
@@ -211,12 +219,15 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
   logged = _epochs_logged(pair_dir)
   assert logged[-1] == epochs and logged == sorted(logged), logged
 
-  single_dir = str(tmp_path / 'single')
-  (code, out, err), = _finish([_start(single_dir, 4, [f'--config.train.epochs={epochs}'])])
-  assert code == 0, err[-3000:]
+  # the same batches and arithmetic, only the order of the cross-process sums differs:
+  # after one step the parameters agree to float32 rounding (measured 1.2e-7), and the
+  # first epoch's loss agrees closely...
+  first = [_records(d)[0]['train/loss'] for d in (pair_dir, single_dir)]
+  assert abs(first[0] - first[1]) <= 1e-5 * first[1], first
+  # ...then training amplifies the rounding (measured 2.7e-5 after 6 steps at lr 0.05,
+  # 0.5% on the smallest weights), while other batches or a wrong resume differ by 1e-2
   _, a = export.load(single_dir)
   _, b = export.load(pair_dir)
   diff = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   print(f'max |param difference| 1x4 vs 2x2 after {epochs * _STEPS_PER_EPOCH} steps: {diff:.3g}')
-  # the same batches and arithmetic; only the order of the cross-process sums differs
-  chex.assert_trees_all_close(a, b, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(a, b, rtol=1e-3, atol=1e-4)
