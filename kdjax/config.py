@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 MODES = ('train', 'distill', 'evaluate', 'pipeline', 'transfer')
+FEEDS = ('auto', 'device', 'host')
 SCHEDULES = ('multistep', 'cosine', 'constant')
 DTYPES = ('float32', 'bfloat16')
 
@@ -40,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.fake_examples = 512     # only for data.source = fake (tests)
   c.data.fake_classes = 10
   c.data.train_examples = 0      # 0 = the whole train split; N = a fixed random N of it
+  # device: the train split lives on the devices, batches gathered there by index;
+  # host: each process gathers its rows of every batch on the host and sends them;
+  # auto: device with one process, host with several
+  c.data.feed = 'auto'
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet8x4'     # the model being trained (student in distill mode)
@@ -96,6 +101,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.pipeline.teacher_model = 'resnet20'
   c.pipeline.teacher_epochs = 10
   c.pipeline.baseline = True
+
+  # several processes (hosts) training one model: start the same command on each with its
+  # own process_id; jax.distributed connects them through the coordinator
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False
+  c.distributed.coordinator = ''     # host:port of process 0, e.g. 'localhost:12345'
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.timeout = 300        # seconds to wait for every process to join
   return c
 
 
@@ -158,17 +172,42 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config key '{key}' must be {accepted}, got {config[group][name]!r}")
 
 
+def validate_distributed(config: ml_collections.ConfigDict) -> None:
+  """The ``distributed`` keys and the data feed, checked before JAX starts (a bad
+  coordinator or process id would otherwise wait out the join timeout)."""
+  _check_schema(config, base_config())
+  _one_of('data.feed', config.data.feed, FEEDS)
+  d = config.distributed
+  if not d.enabled:
+    return
+  if not d.coordinator or ':' not in d.coordinator:
+    raise ConfigError("config key 'distributed.coordinator' must be host:port of process 0 "
+                      f"(e.g. 'localhost:12345'), got {d.coordinator!r}")
+  if d.num_processes < 2:
+    raise ConfigError("config key 'distributed.num_processes' must be >= 2 when "
+                      f"distributed.enabled, got {d.num_processes}")
+  if not 0 <= d.process_id < d.num_processes:
+    raise ConfigError(f"config key 'distributed.process_id' = {d.process_id} is outside "
+                      f"0..{d.num_processes - 1} (distributed.num_processes = {d.num_processes})")
+  if d.timeout <= 0:
+    raise ConfigError(f"config key 'distributed.timeout' must be > 0 seconds, got {d.timeout}")
+  if config.data.feed == 'device':
+    raise ConfigError("config key 'data.feed' = 'device' needs a single process (each "
+                      "process must read only its rows); use 'host' or 'auto'")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for anything wrong that can be seen without training.
 
   Checks structure and types against ``base_config()``, names against the registries,
   the data source, the device split of the batch and the teacher checkpoint (its
-  metadata and variable shapes, not its values).
+  metadata and variable shapes, not its values). With several processes it needs
+  ``jax.distributed`` initialised first: the device count is global.
   """
   from kdjax import methods, models
   from kdjax.data import DataError, check_source
 
-  _check_schema(config, base_config())
+  validate_distributed(config)
   _one_of('mode', config.mode, MODES)
   _one_of('model.name', config.model.name, models.model_names())
   _one_of('model.dtype', config.model.dtype, DTYPES)

@@ -7,7 +7,9 @@ The config file's ``config.mode`` says what to do:
   pipeline  teacher, then distilled student, then the student from labels, in one go
   transfer  train a linear head on ``data`` over the frozen backbone of ``transfer.checkpoint``
 Override any key with ``--config.<key>=<value>`` (e.g. ``--config.train.epochs=5``).
-A workdir that holds checkpoints of the same experiment is resumed.
+A workdir that holds checkpoints of the same experiment is resumed. Several processes
+train one model when each runs the same command with ``--config.distributed.enabled``
+and its own ``--config.distributed.process_id`` (see README, Multi-host).
 """
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   # imported here so that --help answers without initialising JAX
-  from kdjax.config import ConfigError, validate
+  from kdjax.config import ConfigError, validate, validate_distributed
   from kdjax.data import DataError
   from kdjax.train import export
   from kdjax.train.checkpoint import CheckpointError
   from kdjax.train.loop import NonFiniteLoss, Preempted, run
+  from kdjax.train.mesh import initialize_distributed
 
   config = _CONFIG.value
   if config is None:
@@ -55,6 +58,9 @@ def main(argv: list[str]) -> None:
   if config.mode != 'evaluate' and not _WORKDIR.value:
     _fail('--workdir is required, e.g. --workdir /tmp/kdjax_run', 2)
   try:
+    validate_distributed(config)
+    # before any JAX backend use, and before validate: the device count is then global
+    initialize_distributed(config)
     validate(config)
     run(config, os.path.abspath(_WORKDIR.value) if _WORKDIR.value else '')
   except (ConfigError, DataError, CheckpointError, export.ExportError) as e:

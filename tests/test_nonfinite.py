@@ -106,7 +106,8 @@ def one_step():
       DataSpec(ds.mean, ds.std, 2, True), 2, mesh, skip_nonfinite=skip)) for skip in (False, True)}
 
   def run(skip: bool, idx: np.ndarray):
-    new, metrics = steps[skip](state, {}, images, labels, jnp.asarray(idx))
+    idx = jnp.asarray(idx)
+    new, metrics = steps[skip](state, {}, images[idx], labels[idx], idx)
     return jax.device_get(state), jax.device_get(new), jax.device_get(metrics)
   return run
 

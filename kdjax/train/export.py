@@ -41,7 +41,13 @@ def read_meta(path: str) -> dict[str, Any]:
 
 
 def save(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
-  """Writes an export (overwriting one already there)."""
+  """Writes an export (overwriting one already there).
+
+  With several processes every one of them calls this (orbax saves collectively and
+  writes host arrays from process 0); process 0 writes the metadata, and nobody returns
+  before the export is complete.
+  """
+  from kdjax.train.mesh import is_main_process, sync_processes
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   variables = jax.tree.map(np.asarray, jax.device_get(variables))
@@ -49,10 +55,12 @@ def save(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
     os.remove(os.path.join(path, META_FILE))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, VARIABLES_DIR), variables, force=True)
-  tmp = os.path.join(path, META_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(path, META_FILE))  # written last: its presence means complete
+  if is_main_process():
+    tmp = os.path.join(path, META_FILE + '.tmp')
+    with open(tmp, 'w') as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(path, META_FILE))  # written last: its presence means complete
+  sync_processes(f'kdjax_export:{path}')
 
 
 def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -25,7 +25,8 @@ from kdjax.methods import InitContext
 from kdjax.models import create_model
 from kdjax.train import export, transfer
 from kdjax.train.checkpoint import Checkpoints
-from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
+from kdjax.train.feed import make_feed, resolve_feed
+from kdjax.train.mesh import is_main_process, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, plot_curves
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step, forward
@@ -128,8 +129,30 @@ class _SigtermFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+class _PreemptionSync:
+  """SIGTERM with several processes: jax.distributed's preemption notifier catches it
+  (in any process) and every process sees ``raised`` at the same call, so all of them
+  save the same step. Checked once per call; ``call`` counts calls from the run's start."""
+
+  def __init__(self, call: int):
+    self.call = call
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  @property
+  def raised(self) -> bool:
+    from jax.experimental import multihost_utils
+    self.call += 1
+    return multihost_utils.reached_preemption_sync_point(self.call)
+
+
 def _print(msg: str) -> None:
-  print(msg, flush=True)
+  if is_main_process():
+    print(msg, flush=True)
 
 
 class RunSetup(NamedTuple):
@@ -206,10 +229,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     skipped = restored_meta.get('skipped_steps', 0)
     _print(f'kdjax: resuming {workdir} from step {int(state.step)}')
 
-  images = replicate(train_ds.images, mesh)
-  labels = replicate(train_ds.labels, mesh)
-  test_images = replicate(test_ds.images, mesh)
-  test_labels = replicate(test_ds.labels, mesh)
+  feed_kind = resolve_feed(config.data.feed, jax.process_count())
+  train_feed = make_feed(feed_kind, train_ds, mesh)
+  test_feed = make_feed(feed_kind, test_ds, mesh)
   teacher_vars = replicate(teacher_vars, mesh)
   data = DataSpec(*transfer.normalization(train_ds, backbone), config.data.crop_padding,
                   config.data.flip)
@@ -217,22 +239,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              skip_nonfinite=config.train.max_skipped_steps > 0)
   k = chunk_size(steps_per_epoch, config.train.steps_per_call or (
       1 if jax.devices()[0].platform == 'cpu' else 100))
-  train_chunk = build_train_chunk(step_fn, mesh, k)
+  train_chunk = build_train_chunk(step_fn, mesh, k, gather=train_feed.gather)
   evaluate = build_eval(student, method, method_cfg, data, mesh)
   eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
-  idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
 
   def run_eval(st: TrainState) -> dict[str, float]:
     sums = _to_host(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
                               'method_state': st.method_state},
-                             test_images, test_labels, eval_idx, eval_mask))
+                             test_feed.eval_batches(eval_idx, eval_mask)))
     count = float(sums.pop('count'))
     out = {'test/loss': float(sums.pop('loss')) / count}
     out.update({f'test/accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
     return out
 
   meta = {'fingerprint': fp, 'model': config.model.name, 'num_classes': num_classes}
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir) if is_main_process() else None
   best_path = os.path.join(workdir, 'best')
   best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
       os.path.join(best_path, export.META_FILE)) else -1.0
@@ -242,7 +263,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   _print(f'kdjax: {config.mode} {config.model.name} with {method.name} on {config.data.name} '
          f'({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), '
          f'{config.train.epochs} epochs of {steps_per_epoch} steps, batch {batch} over '
-         f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
+         f'{jax.device_count()} {jax.devices()[0].platform} device(s)'
+         + (f' in {jax.process_count()} processes ({feed_kind} feed)'
+            if jax.process_count() > 1 else ''))
 
   def export_meta(step: int, accuracy: float) -> dict[str, Any]:
     return {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
@@ -268,7 +291,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     meta['skipped_steps'] = skipped
 
   t_start = time.time()
-  with _SigtermFlag() as sigterm:
+  stop_flag = _SigtermFlag() if jax.process_count() == 1 else _PreemptionSync(
+      int(state.step) // k)
+  with stop_flag as sigterm:
     for epoch in range(start_epoch, config.train.epochs):
       offset = int(state.step) - epoch * steps_per_epoch
       idx = epoch_indices(config.seed, epoch, len(train_ds), batch)[offset:]
@@ -278,8 +303,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       t_epoch = time.time()
       pending = None
       for c in chunks:
-        state, metrics = train_chunk(state, teacher_vars, images, labels,
-                                     jax.device_put(c, idx_sharding))
+        state, metrics = train_chunk(state, teacher_vars, *train_feed.chunk_inputs(c))
         if pending is not None:  # read the previous call while this one runs
           epoch_metrics.append(jax.device_get(pending))
           progress.update(k)
@@ -312,7 +336,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if headline > best_acc:
           best_acc = headline
           save_export(best_path, state, best_acc)
-      writer.write(int(state.step), record)
+      if writer:
+        writer.write(int(state.step), record)
       _print(_epoch_line(record, config.train.epochs))
       if (epoch + 1) % config.checkpoint.every == 0 or last_epoch:
         ckpts.save(int(state.step), state, meta)
@@ -321,9 +346,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last_eval = run_eval(state)
   headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
   save_export(os.path.join(workdir, 'model'), state, headline)
-  writer.close()
+  if writer:
+    writer.close()
   ckpts.close()
-  plot = plot_curves(workdir)
+  plot = plot_curves(workdir) if is_main_process() else None
   summary = {'workdir': workdir, 'mode': config.mode, 'model': config.model.name,
              'method': method.name, 'last_accuracy': headline, 'best_accuracy': max(best_acc, headline),
              **last_eval, 'seconds': time.time() - t_start, 'curves': plot}
@@ -341,7 +367,8 @@ def _to_host(sums: dict[str, jax.Array]) -> dict[str, float]:
 def _progress(config: ml_collections.ConfigDict, epoch: int, total: int):
   from tqdm.auto import tqdm
   return tqdm(total=total, desc=f'epoch {epoch + 1}/{config.train.epochs}', unit='step',
-              leave=False, disable=not config.train.progress, file=sys.stderr)
+              leave=False, disable=not config.train.progress or not is_main_process(),
+              file=sys.stderr)
 
 
 def _stacked(chunks: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
@@ -413,8 +440,8 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     'method': m.get('batch_stats', {})},
                     'method_state': m.get('state', {})}, mesh)
   idx, mask = eval_indices(len(ds), config.train.eval_batch_size)
-  sums = _to_host(evaluate(full, replicate(ds.images, mesh), replicate(ds.labels, mesh),
-                           idx, mask))
+  feed = make_feed(resolve_feed(config.data.feed, jax.process_count()), ds, mesh)
+  sums = _to_host(evaluate(full, feed.eval_batches(idx, mask)))
   count = float(sums.pop('count'))
   result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
             'loss': float(sums.pop('loss')) / count}

@@ -3,11 +3,13 @@
 One train step: augment on device -> frozen teacher forward -> student forward ->
 method loss -> SGD update, then the method's epoch-end update at epoch boundaries.
 ``lax.scan`` fuses ``K`` steps into one call so the host touches the device once per
-chunk; data lives on the device whole and batches are gathered by index.
+chunk. The step takes an already gathered batch; the chunk either gathers it by index
+from the training set held on the devices (device feed) or receives the batches from
+the hosts (host feed, see ``kdjax.train.feed``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -46,18 +48,18 @@ def build_train_step(student: nn.Module, teacher: nn.Module | None, method: Meth
                      ) -> Callable[..., tuple[TrainState, Metrics]]:
   """``step(state, teacher_vars, images, labels, idx) -> (state, metrics)``, not jitted.
 
-  ``images``/``labels`` are the whole training set (uint8 NHWC / int32) and ``idx`` the
-  (B,) dataset indices of this step's batch. With ``skip_nonfinite`` a step whose loss
-  or gradients are not finite changes nothing but the step count (metric ``skipped``).
+  ``images``/``labels`` are this step's batch (uint8 NHWC / int32, B rows) and ``idx``
+  the (B,) training-set indices of its examples. With ``skip_nonfinite`` a step whose
+  loss or gradients are not finite changes nothing but the step count (metric ``skipped``).
   """
   batch_sharding = batch_sharded(mesh)
 
   def step(state: TrainState, teacher_vars: PyTree, images: jax.Array, labels: jax.Array,
            idx: jax.Array) -> tuple[TrainState, Metrics]:
     aug_key, method_key = jax.random.split(step_key(state))
-    x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
+    x = jax.lax.with_sharding_constraint(images, batch_sharding)
     x = augment(aug_key, x, data.mean, data.std, data.crop_padding, data.flip)
-    batch = Batch(x, labels[idx], idx)
+    batch = Batch(x, labels, idx)
     epoch = state.step // steps_per_epoch
     teacher_out = None
     if teacher is not None:
@@ -108,28 +110,36 @@ def _skip_if_nonfinite(old: TrainState, new: TrainState, loss: jax.Array, grads:
 
 
 def build_train_chunk(step: Callable[..., tuple[TrainState, Metrics]], mesh: Mesh,
-                      steps: int) -> Callable[..., tuple[TrainState, Metrics]]:
+                      steps: int, gather: bool = True
+                      ) -> Callable[..., tuple[TrainState, Metrics]]:
   """Jits ``steps`` consecutive steps: ``chunk(state, t_vars, images, labels, idx[K, B])``.
 
+  With ``gather`` (device feed) ``images``/``labels`` are the whole training set on the
+  devices and each step takes its rows ``idx[k]``; without it (host feed) they are the
+  K batches themselves, ``images[K, B, ...]``, ``labels[K, B]``.
   The state is donated; metrics come back stacked per step, shape (K,). K > 1 fuses the
   steps into one ``lax.scan`` (fewer dispatches on accelerators); XLA's CPU backend runs
   convolutions inside loops far slower, so K = 1 calls the step without a loop.
   """
   def chunk(state, teacher_vars, images, labels, idx):
+    def one(s, xs):
+      x, y, i = (images[xs], labels[xs], xs) if gather else xs
+      return step(s, teacher_vars, x, y, i)
+
+    per_step = idx if gather else (images, labels, idx)
     if steps == 1:
-      state, metrics = step(state, teacher_vars, images, labels, idx[0])
+      state, metrics = one(state, jax.tree.map(lambda a: a[0], per_step))
       return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(lambda s, i: step(s, teacher_vars, images, labels, i), state, idx)
+    return jax.lax.scan(one, state, per_step)
 
   return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated(mesh))
 
 
 def build_eval(model: nn.Module, method: Method, method_config: ml_collections.ConfigDict,
                data: DataSpec, mesh: Mesh) -> Callable[..., Metrics]:
-  """``evaluate(variables, images, labels, idx[K, B], mask[K, B]) -> sums`` over K batches.
+  """``evaluate(variables, batches) -> sums`` over ``(images, labels, mask)`` batches.
 
-  ``idx`` and ``mask`` are host (numpy) arrays.
-
+  The batches come from a feed (``kdjax.train.feed``), already on the devices.
   ``variables`` = {'params', 'batch_stats', 'method_state'} as in the train state. The
   last batch is padded and masked so every example counts exactly once; the result
   holds per-head correct counts (in ``eval_heads`` order: the first is the headline),
@@ -140,10 +150,8 @@ def build_eval(model: nn.Module, method: Method, method_config: ml_collections.C
   head_order: list[str] = []  # as eval_heads returns them; jit hands dicts back key-sorted
 
   @jax.jit
-  def batch_sums(variables, images, labels, i, m):
-    x = normalize(jax.lax.with_sharding_constraint(images[i], batch_sharding),
-                  data.mean, data.std)
-    y = labels[i]
+  def batch_sums(variables, images, y, m):
+    x = normalize(jax.lax.with_sharding_constraint(images, batch_sharding), data.mean, data.std)
     out = forward(model, {'params': variables['params']['student'],
                           'batch_stats': variables['batch_stats']['student']}, x)
     heads = method.eval_heads(variables['params']['method'], variables['batch_stats']['method'],
@@ -155,10 +163,10 @@ def build_eval(model: nn.Module, method: Method, method_config: ml_collections.C
     sums['count'] = jnp.sum(m)
     return sums
 
-  def evaluate(variables, images, labels, idx, mask):
+  def evaluate(variables, batches: Iterable[tuple[jax.Array, jax.Array, jax.Array]]):
     totals = None
-    for i, m in zip(idx, mask):  # host numpy rows, one batch each
-      sums = batch_sums(variables, images, labels, *jax.device_put((i, m), batch_sharding))
+    for images, labels, mask in batches:
+      sums = batch_sums(variables, images, labels, mask)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     ordered = {f'correct/{k}': totals[f'correct/{k}'] for k in head_order}
     return {**ordered, 'loss': totals['loss'], 'count': totals['count']}
