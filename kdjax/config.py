@@ -7,13 +7,14 @@ line that names the key and what is accepted.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from typing import Any
 
 import jax
 import ml_collections
 
-MODES = ('train', 'distill', 'evaluate', 'pipeline', 'transfer')
+MODES = ('train', 'distill', 'evaluate', 'pipeline', 'transfer', 'datafree')
 FEEDS = ('auto', 'device', 'host')
 SCHEDULES = ('multistep', 'cosine', 'constant')
 DTYPES = ('float32', 'bfloat16')
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key kdjax understands, with the CIFAR-100 protocol (methods.md §1) as defaults."""
-  from kdjax import methods  # registry of method sub-configs
+  from kdjax import datafree, methods  # registries of method / synthesizer sub-configs
 
   c = ml_collections.ConfigDict()
   c.mode = 'distill'
@@ -73,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.schedule = 'multistep'
   c.optim.milestones = (150, 180, 210)
   c.optim.decay_rate = 0.1
+  c.optim.min_lr = 0.0           # cosine: the final learning rate (eta_min)
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 240
@@ -95,6 +97,23 @@ def base_config() -> ml_collections.ConfigDict:
   # (the target dataset); model.name is the checkpoint's, whatever the config says
   c.transfer = ml_collections.ConfigDict()
   c.transfer.checkpoint = ''     # exported model dir, or a kdjax workdir
+
+  # mode=datafree: the student never sees a training image; rounds of synthesis from the
+  # teacher (datafree.method) then student steps on the synthetic pool (methods.md §5)
+  c.datafree = ml_collections.ConfigDict()
+  c.datafree.method = 'fast'         # dafl | deepinv | cmi | fast
+  c.datafree.synthesis_batch_size = 0   # images per round; 0 = train.batch_size
+  c.datafree.kd_steps = 400          # student steps after each synthesis round
+  c.datafree.ep_steps = 400          # student steps per epoch (ep_steps // kd_steps rounds)
+  c.datafree.warmup = 0              # epochs of synthesis only, before the student trains
+  c.datafree.pool_capacity = 65536   # images kept (ring buffer; DAFL keeps one round's)
+  c.datafree.steps_per_call = 0      # inner synthesis steps per compiled call; 0 = automatic
+  c.datafree.nz = 256                # generator latent size
+  c.datafree.ngf = 64
+  c.datafree.eval_split = 'test'     # the only split a data-free run reads
+  c.datafree.grid = 64               # synthetic images drawn in each epoch's PNG grid
+  for name in datafree.synthesizer_names():
+    c.datafree[name] = datafree.get_synthesizer(name).default_config()
 
   # mode=pipeline: teacher (CE) -> student (method) -> student from scratch (CE)
   c.pipeline = ml_collections.ConfigDict()
@@ -156,6 +175,10 @@ _RANGES = (
     (('train.epochs', 'train.batch_size', 'train.eval_batch_size', 'train.eval_every',
       'optim.lr', 'optim.decay_rate', 'checkpoint.keep', 'checkpoint.every',
       'method.temperature', 'data.image_size'), lambda v: v > 0, '> 0'),
+    (('datafree.kd_steps', 'datafree.ep_steps', 'datafree.pool_capacity', 'datafree.nz',
+      'datafree.ngf'), lambda v: v > 0, '> 0'),
+    (('datafree.synthesis_batch_size', 'datafree.warmup', 'datafree.steps_per_call',
+      'datafree.grid', 'optim.min_lr'), lambda v: v >= 0, '>= 0'),
     (('data.crop_padding', 'optim.weight_decay', 'method.gamma', 'method.alpha',
       'method.beta', 'train.max_skipped_steps'), lambda v: v >= 0, '>= 0'),
     (('data.train_examples',), lambda v: v >= 0, '>= 0 (0 = the whole split)'),
@@ -231,7 +254,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   if config.mode == 'pipeline':
     _one_of('pipeline.teacher_model', config.pipeline.teacher_model, models.model_names())
-  needs_teacher = config.mode == 'distill' and methods.get_method(config.method.name).needs_teacher
+  needs_teacher = config.mode == 'datafree' or (
+      config.mode == 'distill' and methods.get_method(config.method.name).needs_teacher)
   if needs_teacher:
     if not config.teacher.checkpoint:
       raise ConfigError(f"method '{config.method.name}' needs a teacher: set "
@@ -246,6 +270,85 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_model_checkpoint('evaluate.checkpoint', config.evaluate.checkpoint, '')
   if config.mode == 'transfer':
     _check_transfer(config)
+  if config.mode == 'datafree':
+    _check_datafree(config)
+
+
+def _check_datafree(config: ml_collections.ConfigDict) -> None:
+  """A data-free run: the synthesizer and its options, the schedule of rounds, the pool's
+  size against memory, and a teacher that can drive the chosen synthesis."""
+  from kdjax import datafree
+  d = config.datafree
+  _one_of('datafree.method', d.method, datafree.synthesizer_names())
+  if d.eval_split == 'train':
+    raise ConfigError("config key 'datafree.eval_split' is 'train': a data-free run never reads "
+                      "the training data; use 'test'")
+  _one_of('datafree.eval_split', d.eval_split, ('test',))
+  if d.ep_steps % d.kd_steps:
+    raise ConfigError(f"config key 'datafree.ep_steps' = {d.ep_steps} must be a multiple of "
+                      f"datafree.kd_steps = {d.kd_steps} (rounds per epoch = ep_steps // kd_steps)")
+  if d.warmup >= config.train.epochs:
+    raise ConfigError(f"config key 'datafree.warmup' = {d.warmup} leaves no epoch to train the "
+                      f"student (train.epochs = {config.train.epochs})")
+  syn_batch = d.synthesis_batch_size or config.train.batch_size
+  if syn_batch % jax.device_count():
+    raise ConfigError(f"config key 'datafree.synthesis_batch_size' = {syn_batch} is not "
+                      f"divisible by the {jax.device_count()} devices")
+  if d.pool_capacity < syn_batch:
+    raise ConfigError(f"config key 'datafree.pool_capacity' = {d.pool_capacity} is smaller "
+                      f"than one synthesis round ({syn_batch} images)")
+  for key, value in d[d.method].items():
+    full = f'datafree.{d.method}.{key}'
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    if not math.isfinite(value) or value < 0:
+      raise ConfigError(f"config key '{full}' must be a finite number >= 0, got {value!r}")
+    if (key == 'g_steps' or key.startswith('lr')) and value <= 0:
+      raise ConfigError(f"config key '{full}' must be > 0, got {value!r}")
+  problem = datafree.get_synthesizer(d.method).check_config(d[d.method])
+  if problem:
+    raise ConfigError(f"config key 'datafree.{d.method}.{problem}")
+  size = config.data.image_size
+  pool_bytes = d.pool_capacity * size * size * 3
+  free = _available_memory()
+  if free and pool_bytes > free // 2:
+    raise ConfigError(
+        f"config key 'datafree.pool_capacity' = {d.pool_capacity}: the pool needs "
+        f"{pool_bytes / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are available; use at most "
+        f"{free // 2 // (size * size * 3)}")
+  meta = _check_model_checkpoint('teacher.checkpoint', config.teacher.checkpoint,
+                                 config.teacher.model)
+  if meta.get('image_size') and meta['image_size'] != size:
+    raise ConfigError(f"config key 'data.image_size' is {size} but the teacher was trained on "
+                      f"{meta['image_size']}x{meta['image_size']} images")
+  if datafree.uses_batchnorm(d) and not _teacher_has_batchnorm(meta, size):
+    raise ConfigError(f"datafree.method '{d.method}' matches the teacher's BatchNorm statistics, "
+                      f"but the teacher ({meta['model']}) has no BatchNorm layer; use "
+                      "datafree.method=dafl or a teacher with BatchNorm")
+
+
+def _available_memory() -> int:
+  """Bytes free on the first device (accelerator memory, or the host's RAM on CPU)."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+    if 'bytes_limit' in stats:
+      return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
+  except Exception:  # noqa: BLE001 - backends without memory stats
+    pass
+  try:
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  except (ValueError, OSError, AttributeError):
+    return 0
+
+
+def _teacher_has_batchnorm(meta: dict[str, Any], image_size: int) -> bool:
+  """Counted on abstract shapes: no weights are read, nothing is compiled."""
+  from kdjax.models.capture import has_batchnorm
+  from kdjax.train import export
+  model = export.model_from_meta(meta)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jax.numpy.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+  return has_batchnorm(model, variables, (1, image_size, image_size, 3))
 
 
 def _check_transfer(config: ml_collections.ConfigDict) -> None:

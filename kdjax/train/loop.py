@@ -482,4 +482,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
     return evaluate_export(config)
   if config.mode == 'pipeline':
     return pipeline(config, workdir)
+  if config.mode == 'datafree':
+    from kdjax.train.datafree import train_datafree  # it builds on this module
+    return train_datafree(config, workdir)
   return train(config, workdir)

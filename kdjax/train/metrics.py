@@ -31,6 +31,20 @@ class MetricWriter:
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
+  def add_image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+    """A uint8 (H, W, C) picture in TensorBoard's Images tab."""
+    self._tb.add_image(tag, image_hwc, step, dataformats='HWC')
+    self._tb.flush()
+
+  def add_histogram(self, tag: str, fractions: np.ndarray, step: int) -> None:
+    """A distribution over bins (e.g. the pool's classes) as TensorBoard values, and the
+    whole vector in a ``tag`` JSON-lines record for plotting later."""
+    fractions = np.asarray(fractions, np.float64)
+    self._tb.add_histogram(tag, np.repeat(np.arange(len(fractions)),
+                                          np.round(fractions * 1000).astype(int)), step)
+    self._jsonl.write(json.dumps({'step': int(step), tag: fractions.round(6).tolist()}) + '\n')
+    self._jsonl.flush()
+
   def close(self) -> None:
     self._jsonl.close()
     self._tb.close()

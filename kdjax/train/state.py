@@ -36,7 +36,8 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
     return optax.piecewise_constant_schedule(
         optim.lr, {round(m * steps_per_epoch): optim.decay_rate for m in optim.milestones})
   if optim.schedule == 'cosine':
-    return optax.cosine_decay_schedule(optim.lr, epochs * steps_per_epoch)
+    return optax.cosine_decay_schedule(optim.lr, epochs * steps_per_epoch,
+                                       alpha=optim.get('min_lr', 0.0) / optim.lr)
   return optax.constant_schedule(optim.lr)
 
 

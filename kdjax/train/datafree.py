@@ -1,0 +1,359 @@
+"""``mode=datafree``: distil a student without its training data (methods.md §5).
+
+A run is epochs of ``ep_steps // kd_steps`` rounds; a round is one compiled synthesis
+(``kdjax.datafree``) whose images enter the pool, then ``kd_steps`` ordinary student
+steps (the generic jitted step of ``kdjax.train.steps``) on batches gathered from the
+pool on the device. Only the teacher's test split is read, for evaluation. The pool,
+the synthesizer's state and the student's state are checkpointed together, and every
+random choice is a function of (seed, round) or (seed, step), so a resumed run repeats
+exactly what an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kdjax import datafree
+from kdjax.config import ConfigError
+from kdjax.data import load_split
+from kdjax.datafree.pool import class_histogram, entropy
+from kdjax.models.generator import create_generator
+from kdjax.train import export, visual
+from kdjax.train.checkpoint import Checkpoints
+from kdjax.train.feed import make_feed, resolve_feed
+from kdjax.train.loop import (Preempted, _check_finite, _epoch_line, _epoch_means, _print,
+                              _progress, _PreemptionSync, _SigtermFlag, _to_host, build_run,
+                              chunk_size, eval_indices, load_teacher, method_for)
+from kdjax.train.mesh import is_main_process, make_mesh, replicate
+from kdjax.train.metrics import MetricWriter, plot_curves
+from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step
+
+
+class Schedule:
+  """Where each round and student step of a data-free run falls."""
+
+  def __init__(self, config: ml_collections.ConfigDict, fresh_pool: bool, syn_batch: int):
+    d = config.datafree
+    self.kd_steps = d.kd_steps
+    self.rounds_per_epoch = d.ep_steps // d.kd_steps
+    self.warmup_rounds = d.warmup * self.rounds_per_epoch
+    self.epochs = config.train.epochs
+    self.fresh_pool = fresh_pool
+    self.syn_batch = syn_batch
+    self.batch = config.train.batch_size
+    self.seed = config.seed
+    self.capacity = d.kd_steps * syn_batch if fresh_pool else d.pool_capacity
+
+  @property
+  def student_epochs(self) -> int:
+    return self.epochs - self.warmup_rounds // self.rounds_per_epoch
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.rounds_per_epoch * self.kd_steps
+
+  def steps_before(self, rnd: int) -> int:
+    """Student steps taken before round ``rnd`` (warm-up rounds take none)."""
+    return self.kd_steps * max(0, rnd - self.warmup_rounds)
+
+  def pool_count(self, rnd: int) -> int:
+    """Images in the pool once round ``rnd`` has added its own."""
+    return self.capacity if self.fresh_pool else min(self.capacity, (rnd + 1) * self.syn_batch)
+
+  def student_indices(self, rnd: int) -> np.ndarray:
+    """(kd_steps, batch) pool rows for round ``rnd``: uniform over the filled rows (the
+    reference shuffles its whole pool), or each fresh image once (DAFL)."""
+    if self.fresh_pool:
+      return np.arange(self.capacity, dtype=np.int32).reshape(self.kd_steps, -1)[:, :self.batch]
+    rng = np.random.default_rng([self.seed, 7919, rnd])
+    return rng.integers(0, self.pool_count(rnd), (self.kd_steps, self.batch)).astype(np.int32)
+
+  def resume_round(self, rounds_done: int, student_step: int) -> int:
+    """The first round with work left: its synthesis or the rest of its student steps."""
+    if rounds_done > 0 and student_step < self.steps_before(rounds_done):
+      return rounds_done - 1
+    return rounds_done
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  d = config.datafree
+  return {'mode': 'datafree', 'model': config.model.name, 'method': config.method.name,
+          'synthesizer': d.method, 'teacher': export.resolve(config.teacher.checkpoint),
+          'data': config.data.name, 'batch_size': config.train.batch_size,
+          'synthesis_batch_size': d.synthesis_batch_size, 'kd_steps': d.kd_steps,
+          'ep_steps': d.ep_steps, 'warmup': d.warmup, 'pool_capacity': d.pool_capacity,
+          'seed': config.seed, 'devices': jax.device_count()}
+
+
+def _student_config(config: ml_collections.ConfigDict, schedule: Schedule
+                    ) -> ml_collections.ConfigDict:
+  """The student's optimizer counts only the epochs it trains (after the warm-up)."""
+  cfg = copy.deepcopy(config)
+  cfg.train.epochs = schedule.student_epochs
+  return cfg
+
+
+def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) a data-free distillation in ``workdir``."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  d = config.datafree
+  synth = datafree.get_synthesizer(d.method)
+  data = config.data
+  test_ds = load_split(data.name, d.eval_split, source=data.source, path=data.path,
+                       image_size=data.image_size, fake_examples=data.fake_examples,
+                       fake_classes=data.fake_classes, seed=config.seed)
+  num_classes = test_ds.num_classes
+  teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
+  # the teacher's own input normalisation: synthesis and evaluation both feed the teacher
+  mean = tuple(teacher_meta.get('mean') or test_ds.mean)
+  std = tuple(teacher_meta.get('std') or test_ds.std)
+  image_shape = tuple(int(s) for s in test_ds.images.shape[1:])
+  syn_batch = d.synthesis_batch_size or config.train.batch_size
+  sched = Schedule(config, synth.fresh_pool, syn_batch)
+  method, method_cfg = method_for(config)
+
+  setup = build_run(_student_config(config, sched), num_classes, sched.capacity, image_shape,
+                    teacher, teacher_vars, sched.steps_per_epoch)
+  student, schedule, tx = setup.student, setup.schedule, setup.tx
+  generator = create_generator(d.nz, d.ngf, image_shape[0], image_shape[2])
+  ctx = datafree.SynthContext(
+      teacher=teacher, student=student, generator=generator, num_classes=num_classes,
+      image_shape=image_shape, mean=mean, std=std, batch_size=syn_batch,
+      rounds_per_epoch=sched.rounds_per_epoch,
+      config=ml_collections.FrozenConfigDict(d), mesh=mesh)
+  base_key = jax.random.PRNGKey(config.seed)
+  synth_key, round_key = jax.random.split(jax.random.fold_in(base_key, 17))
+  feature_dim = _pool_feature_dim(config, teacher, teacher_vars, image_shape)
+  run_state = {
+      'train': setup.state,
+      'synth': synth.init(synth_key, teacher_vars, ctx),
+      'pool': datafree.init_pool(sched.capacity, image_shape, num_classes, feature_dim),
+      'rounds': jnp.zeros((), jnp.int32)}
+  run_state = replicate(jax.tree.map(lambda x: jnp.array(x, copy=True), run_state), mesh)
+  teacher_vars = replicate(teacher_vars, mesh)
+
+  ckpts = Checkpoints(workdir, config.checkpoint.keep)
+  fp = fingerprint(config)
+  if ckpts.latest_step() is not None:
+    run_state, _ = ckpts.restore(run_state, fp)
+    _print(f'kdjax: resuming {workdir} at round {int(run_state["rounds"])}, student step '
+           f'{int(run_state["train"].step)}')
+
+  synthesize = datafree.build_synthesize(
+      synth, ctx, ctx.method_config.g_steps,
+      d.steps_per_call or (1 if jax.devices()[0].platform == 'cpu' else 0))
+  add_to_pool = jax.jit(lambda pool, images, t_vars: _add_to_pool(
+      pool, images, t_vars, teacher, mean, std, feature_dim), donate_argnums=(0,))
+  spec = DataSpec(mean, std, config.data.crop_padding, config.data.flip)
+  step_fn = build_train_step(student, teacher, method, method_cfg, tx, spec,
+                             sched.steps_per_epoch, mesh,
+                             skip_nonfinite=config.train.max_skipped_steps > 0)
+  k = chunk_size(sched.kd_steps, config.train.steps_per_call or (
+      1 if jax.devices()[0].platform == 'cpu' else 100))
+  train_chunk = build_train_chunk(step_fn, mesh, k, gather=True)
+  evaluate = build_eval(student, method, method_cfg, spec, mesh)
+  test_feed = make_feed(resolve_feed(config.data.feed, jax.process_count()), test_ds, mesh)
+  eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
+
+  def run_eval(st) -> dict[str, float]:
+    sums = _to_host(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
+                              'method_state': st.method_state},
+                             test_feed.eval_batches(eval_idx, eval_mask)))
+    count = float(sums.pop('count'))
+    out = {'test/loss': float(sums.pop('loss')) / count}
+    out.update({f'test/accuracy/{key.split("/", 1)[1]}': float(v) / count
+                for key, v in sums.items()})
+    return out
+
+  writer = MetricWriter(workdir) if is_main_process() else None
+  meta_fields = {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
+                 'dataset': config.data.name, 'mean': list(mean), 'std': list(std),
+                 'image_size': image_shape[0], 'teacher': teacher_meta['model'],
+                 'datafree': d.method, 'method_config': method_cfg.to_dict()}
+  best_path = os.path.join(workdir, 'best')
+  best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
+      os.path.join(best_path, export.META_FILE)) else -1.0
+  ckpt_meta = {'fingerprint': fp}
+  skipped = 0
+  start = sched.resume_round(int(run_state['rounds']), int(run_state['train'].step))
+  _print(f'kdjax: datafree {d.method}: {teacher_meta["model"]} -> {config.model.name} on '
+         f'{config.data.name} (test split only, {len(test_ds)} images), {sched.epochs} epochs '
+         f'x {sched.rounds_per_epoch} round(s) of {syn_batch} synthesised images + '
+         f'{sched.kd_steps} student steps (batch {config.train.batch_size}), warm-up '
+         f'{d.warmup} epoch(s), pool {sched.capacity}, {jax.device_count()} '
+         f'{jax.devices()[0].platform} device(s)')
+  t_start = time.time()
+  last_eval: dict[str, float] = {}
+  stop_flag = _SigtermFlag() if jax.process_count() == 1 else _PreemptionSync(start)
+  with stop_flag as sigterm:
+    for epoch in range(start // sched.rounds_per_epoch, sched.epochs):
+      epoch_student: list[dict[str, np.ndarray]] = []
+      epoch_synth: list[dict[str, float]] = []
+      synth_seconds, student_seconds, last_images = 0.0, 0.0, None
+      first = max(start, epoch * sched.rounds_per_epoch)
+      for rnd in range(first, (epoch + 1) * sched.rounds_per_epoch):
+        if int(run_state['rounds']) <= rnd:
+          t0 = time.time()
+          syn_state, images, syn_metrics = synthesize(
+              run_state['synth'], teacher_vars, _student_vars(run_state['train']),
+              jax.random.fold_in(round_key, rnd), jnp.asarray(rnd, jnp.int32))
+          pool = add_to_pool(run_state['pool'], images, teacher_vars)
+          run_state = {**run_state, 'synth': syn_state, 'pool': pool,
+                       'rounds': jnp.asarray(rnd + 1, jnp.int32)}
+          epoch_synth.append({k_: float(v) for k_, v in syn_metrics.items()})
+          last_images = images
+          synth_seconds += time.time() - t0
+        if rnd >= sched.warmup_rounds:
+          t0 = time.time()
+          run_state, chunks = _student_phase(run_state, sched, rnd, k, train_chunk,
+                                             teacher_vars, sigterm, config, epoch)
+          epoch_student.extend(chunks)
+          student_seconds += time.time() - t0
+          if chunks:
+            skipped = _check_finite(chunks, int(run_state['train'].step), skipped,
+                                    config.train.max_skipped_steps)
+        if sigterm.raised:
+          ckpts.save(int(run_state['train'].step) + int(run_state['rounds']), run_state,
+                     ckpt_meta, wait=True)
+          raise Preempted(f'SIGTERM: saved round {int(run_state["rounds"])} in '
+                          f'{ckpts.directory}; run the same command again to resume')
+      record: dict[str, Any] = {'epoch': epoch + 1, 'rounds': int(run_state['rounds'])}
+      if epoch_student:
+        record.update(_epoch_means(epoch_student))
+        record['train/images_per_second'] = (len(epoch_student) * k * config.train.batch_size
+                                             / max(student_seconds, 1e-9))
+        record['lr'] = float(schedule(max(int(run_state['train'].step) - 1, 0)))
+      if epoch_synth:
+        record.update({f'synth/{key}': float(np.mean([m[key] for m in epoch_synth]))
+                       for key in epoch_synth[0]})
+        record['synth/images_per_second'] = (len(epoch_synth) * len(last_images)
+                                             / max(synth_seconds, 1e-9))
+      hist = np.asarray(class_histogram(run_state['pool'], num_classes))
+      record.update({'pool/size': sched.pool_count(int(run_state['rounds']) - 1),
+                     'pool/class_entropy': float(entropy(jnp.asarray(hist))),
+                     'pool/max_class_fraction': float(hist.max())})
+      last_epoch = epoch + 1 == sched.epochs
+      if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
+        last_eval = run_eval(run_state['train'])
+        record.update(last_eval)
+        headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
+        if headline > best_acc:
+          best_acc = headline
+          _save_export(best_path, run_state['train'], {**meta_fields, 'test_accuracy': headline})
+      if writer:
+        writer.write(int(run_state['train'].step), record)
+        _draw(workdir, writer, epoch + 1, last_images, hist, int(run_state['train'].step),
+              config.datafree.grid)
+      _print(_datafree_line(record, sched.epochs))
+      if (epoch + 1) % config.checkpoint.every == 0 or last_epoch:
+        ckpts.save(int(run_state['train'].step) + int(run_state['rounds']), run_state,
+                   ckpt_meta)
+  ckpts.wait()
+  if not last_eval:
+    last_eval = run_eval(run_state['train'])
+  headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
+  _save_export(os.path.join(workdir, 'model'), run_state['train'],
+               {**meta_fields, 'test_accuracy': headline})
+  if writer:
+    writer.close()
+  ckpts.close()
+  plot = plot_curves(workdir) if is_main_process() else None
+  summary = {'workdir': workdir, 'mode': 'datafree', 'synthesizer': d.method,
+             'model': config.model.name, 'method': method.name, 'last_accuracy': headline,
+             'best_accuracy': max(best_acc, headline), **last_eval,
+             'seconds': time.time() - t_start, 'curves': plot}
+  _print(f'kdjax: done. test accuracy last {100 * headline:.2f}% best '
+         f'{100 * summary["best_accuracy"]:.2f}%; model in {workdir}/model, curves {plot}')
+  return summary
+
+
+def _student_vars(state) -> dict[str, Any]:
+  return {'params': state.params['student'], 'batch_stats': state.batch_stats['student']}
+
+
+def _pool_feature_dim(config, teacher, teacher_vars, image_shape) -> int:
+  """Width of the teacher features the pool keeps: the penultimate feature when a method
+  builds a dictionary from it (KDCI), else none."""
+  kdci = config.method.get('kdci')
+  if not kdci or not kdci.enabled or kdci.feature != 'penultimate':
+    return 0
+  out = jax.eval_shape(lambda v, x: teacher.apply(v, x, train=False), teacher_vars,
+                       jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
+  return int(out[1][-1].shape[-1])
+
+
+def _add_to_pool(pool, images01, teacher_vars, teacher, mean, std, feature_dim):
+  """Quantises a round's images as the reference's PNG pool does and stores them with the
+  teacher's logits (and features) on the stored pixels."""
+  u8 = datafree.to_uint8(images01)
+  x = (u8.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+  logits, feats = teacher.apply(teacher_vars, x, train=False)
+  features = jax.lax.stop_gradient(feats[-1]) if feature_dim else None
+  return datafree.add(pool, u8, jax.lax.stop_gradient(logits), features)
+
+
+def _student_phase(run_state, sched: Schedule, rnd: int, k: int, train_chunk, teacher_vars,
+                   sigterm, config, epoch: int):
+  """The student steps of round ``rnd`` still to do, ``k`` per call; stops early (state
+  consistent) when SIGTERM arrives."""
+  done = int(run_state['train'].step) - sched.steps_before(rnd)
+  idx = sched.student_indices(rnd)[done:]
+  if not len(idx):
+    return run_state, []
+  chunks, pending, state = [], None, run_state['train']
+  pool = run_state['pool']
+  progress = _progress(config, epoch, len(idx))
+  for c in idx.reshape(-1, k, idx.shape[-1]):
+    state, metrics = train_chunk(state, teacher_vars, pool.images, pool.labels, jnp.asarray(c))
+    if pending is not None:
+      chunks.append(jax.device_get(pending))
+      progress.update(k)
+    pending = metrics
+    if sigterm.raised:
+      break
+  chunks.append(jax.device_get(pending))
+  progress.update(k)
+  progress.close()
+  return {**run_state, 'train': state}, chunks
+
+
+def _save_export(path: str, st, meta: dict[str, Any]) -> None:
+  export.save(path, {'params': st.params['student'], 'batch_stats': st.batch_stats['student'],
+                     'method': {'params': st.params['method'],
+                                'batch_stats': st.batch_stats['method'],
+                                'state': st.method_state}}, {**meta, 'step': int(st.step)})
+
+
+def _draw(workdir: str, writer: MetricWriter, epoch: int, images, hist: np.ndarray, step: int,
+          grid: int) -> None:
+  """The epoch's last synthetic batch as a PNG grid (workdir and TensorBoard) and the
+  pool's class histogram."""
+  if images is not None and grid:
+    u8 = np.asarray(datafree.to_uint8(images[:grid]))
+    path = visual.save_grid(os.path.join(workdir, 'synthetic', f'epoch_{epoch:04d}.png'), u8)
+    writer.add_image('synthetic', visual.image_grid(u8), step)
+    del path
+  writer.add_histogram('pool/classes', hist, step)
+
+
+def _datafree_line(record: dict[str, Any], epochs: int) -> str:
+  if 'train/loss' in record:
+    line = _epoch_line(record, epochs)
+  else:
+    line = f"kdjax: epoch {record['epoch']}/{epochs} (warm-up: synthesis only)" + ''.join(
+        f", {k.split('/')[-1]} {100 * v:.2f}%" for k, v in record.items()
+        if k.startswith('test/accuracy/'))
+  extra = [f"pool {record['pool/size']}", f"class entropy {record['pool/class_entropy']:.2f}"]
+  if 'synth/loss' in record:
+    extra.append(f"synth loss {record['synth/loss']:.3f}")
+  if 'synth/images_per_second' in record:
+    extra.append(f"{record['synth/images_per_second']:.1f} synth img/s")
+  return line + ', ' + ', '.join(extra)
