@@ -40,6 +40,10 @@ class BatchNorm(nn.Module):
   eps 1e-5. Statistics are computed in float32 whatever the compute dtype. Under
   ``jit`` with a batch sharded over devices the mean is over the global batch, i.e.
   synchronised BatchNorm.
+
+  The input is sown into the ``'intermediates'`` collection as ``bn_input`` (a no-op
+  unless the caller makes that collection mutable), so the data-free BN-statistics loss
+  reads every layer's input functionally (``kdjax.models.capture``), without hooks.
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
@@ -48,6 +52,7 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    self.sow('intermediates', 'bn_input', x)
     features = x.shape[-1]
     axes = tuple(range(x.ndim - 1)) if self.reduce_axes is None else tuple(self.reduce_axes)
     scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)

@@ -1,0 +1,371 @@
+"""Data-free losses and the BatchNorm input capture (spec §5, §7; fd_* fixtures).
+
+Every loss fixture is matched in value and in gradient; the CMI contrastive term has no
+fixture and is checked against an independent numpy implementation and finite
+differences.
+"""
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import close, load_fixture, nchw_to_nhwc
+from kdjax.losses import datafree as df
+from kdjax.models import create_model
+from kdjax.models.capture import BNLayer, count_bn_layers, forward_with_bn, has_batchnorm
+from kdjax.models.layers import BatchNorm
+
+
+def _scalar(a) -> float:
+  return float(np.asarray(a).reshape(-1)[0])
+
+
+def _assert_scalar(x) -> None:
+  chex.assert_shape(x, ())
+  chex.assert_type(x, jnp.float32)
+
+
+# --- criteria -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('tname', ['T1', 'T20'])
+def test_kldiv(tname):
+  d, meta = load_fixture('fd_kldiv')
+  t = float(tname[1:])
+  assert t in meta['settings']['Ts']
+  logits, targets = d[f'{tname}/logits'], d[f'{tname}/targets']
+  loss, (g_l, g_t) = jax.value_and_grad(df.kldiv, argnums=(0, 1))(logits, targets, t)
+  _assert_scalar(loss)
+  close(loss, d[f'{tname}/loss'])
+  close(g_l, d[f'{tname}/grad_logits'])
+  close(g_t, d[f'{tname}/grad_targets'])
+  none = df.kldiv(logits, targets, t, reduction='none')
+  chex.assert_shape(none, logits.shape)
+  chex.assert_type(none, jnp.float32)
+  close(none, d[f'{tname}/loss_none'])
+  close(df.kldiv(logits, targets, t, reduction='sum'), d[f'{tname}/loss_none'].sum())
+  with pytest.raises(ValueError, match='reduction'):
+    df.kldiv(logits, targets, t, reduction='mean')
+
+
+@pytest.mark.parametrize('case', ['case0', 'case1', 'case2'])
+def test_jsdiv(case):
+  d, _ = load_fixture('fd_jsdiv')
+  t = _scalar(d[f'{case}/T'])
+  loss, (g_l, g_t) = jax.value_and_grad(df.jsdiv, argnums=(0, 1))(
+      d[f'{case}/logits'], d[f'{case}/targets'], t)
+  _assert_scalar(loss)
+  close(loss, d[f'{case}/loss'])
+  close(g_l, d[f'{case}/grad_logits'])
+  close(g_t, d[f'{case}/grad_targets'])
+
+
+def test_image_prior_tv():
+  d, _ = load_fixture('fd_tv_prior')
+  x = nchw_to_nhwc(d['x'])
+  loss, g = jax.value_and_grad(df.image_prior_tv)(x)
+  _assert_scalar(loss)
+  close(loss, d['loss'])
+  close(g, nchw_to_nhwc(d['grad_x']))
+
+
+# --- BN statistics ------------------------------------------------------------------
+
+def test_deepinversion_hook_three_steps_with_momentum():
+  d, meta = load_fixture('fd_deepinversion_hook')
+  rate = _scalar(d['mmt_rate'])
+  assert rate == pytest.approx(meta['settings']['mmt_rate'])
+  rm, rv = d['bn/running_mean'], d['bn/running_var']
+  # The fixture's BatchNorm, captured by forward_with_bn: its eval output is unchanged
+  # by the sow and the captured input is the input.
+  bn_vars = {'params': {'scale': d['bn/weight'], 'bias': d['bn/bias']},
+             'batch_stats': {'mean': rm, 'var': rv}}
+  bn = BatchNorm()
+
+  @jax.jit
+  def step(x, mmt):
+    def loss_fn(x):
+      out, _, layers = forward_with_bn(bn, bn_vars, x)
+      return df.bn_stats_loss(layers, mmt, rate), (out, layers)
+    (loss, (out, layers)), g = jax.value_and_grad(loss_fn, has_aux=True)(x)
+    return loss, g, out, layers, df.update_bn_mmt(mmt, layers, rate)
+
+  mmt = df.init_bn_mmt([BNLayer(None, rm, rv)])
+  for i in range(3):
+    s = f'step{i}/'
+    x = nchw_to_nhwc(d[s + 'x'])
+    if i:
+      close(mmt.mean[0], d[s + 'mmt_mean_used'])
+      close(mmt.var[0], d[s + 'mmt_var_used'])
+    else:
+      assert not bool(mmt.initialized)
+    loss, g, out, layers, mmt = step(x, mmt)
+    _assert_scalar(loss)
+    assert len(layers) == 1
+    np.testing.assert_array_equal(layers[0].input, x)
+    close(out, nchw_to_nhwc(d[s + 'bn_out']))
+    mean, var = df.batch_moments(x)
+    close(mean, d[s + 'batch_mean'])
+    close(var, d[s + 'batch_var_biased'])
+    close(loss, d[s + 'r_feature'])
+    close(g, nchw_to_nhwc(d[s + 'grad_x']))
+    close(mmt.mean[0], d[s + 'mmt_mean_after_update'])
+    close(mmt.var[0], d[s + 'mmt_var_after_update'])
+    assert bool(mmt.initialized)
+
+
+def test_update_bn_mmt_from_none_equals_init_and_layer_losses_sum():
+  key = jax.random.key(0)
+  layers = [BNLayer(jax.random.normal(key, (4, 3, 3, 5)), jnp.zeros(5), jnp.ones(5)),
+            BNLayer(jax.random.normal(key, (4, 7)), jnp.ones(7), jnp.ones(7))]
+  a = df.update_bn_mmt(None, layers, 0.9)
+  b = df.update_bn_mmt(df.init_bn_mmt(layers), layers, 0.9)
+  chex.assert_trees_all_close(a, b)
+  per_layer = df.bn_layer_losses(layers)
+  chex.assert_shape(per_layer, (2,))
+  close(df.bn_stats_loss(layers), np.sum(per_layer))
+  # the (B, C) layer is reduced over the batch only
+  mean, var = df.batch_moments(layers[1].input)
+  ref = np.asarray(layers[1].input, np.float64)
+  close(mean, ref.mean(0))
+  close(var, ref.var(0))
+  with pytest.raises(ValueError, match='at least one'):
+    df.bn_stats_loss([])
+
+
+def test_bn_loss_gradient_is_finite_when_stats_match_exactly():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 4, 4, 3)), jnp.float32)
+  mean, var = df.batch_moments(x)
+  g = jax.grad(lambda x: df.bn_stats_loss([BNLayer(x, mean, var)]))(x)
+  assert np.all(np.isfinite(g))
+
+
+# --- objectives ---------------------------------------------------------------------
+
+def _bn_layer(d, case):
+  return BNLayer(nchw_to_nhwc(d[f'{case}/bn_input']), d[f'{case}/bn/running_mean'],
+                 d[f'{case}/bn/running_var'])
+
+
+@pytest.mark.parametrize('case', ['case0', 'case1'])
+def test_dafl_generator_loss(case):
+  d, meta = load_fixture('fd_dafl_generator_loss')
+  w = {k: _scalar(d[f'{case}/w_{k}']) for k in ('adv', 'bn', 'oh', 'act', 'balance')}
+  assert w == pytest.approx(meta['cases'][case]['weights'])
+  layer = _bn_layer(d, case)
+
+  def loss_fn(t_out, t_feat, s_out, bn_input):
+    return df.dafl_objective(t_out, t_feat, s_out, [layer._replace(input=bn_input)], **w)
+
+  args = (d[f'{case}/t_out'], d[f'{case}/t_feat'], d[f'{case}/s_out'], layer.input)
+  (loss, terms), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3), has_aux=True)(*args)
+  _assert_scalar(loss)
+  for k in ('bn', 'oh', 'act', 'adv', 'balance'):
+    _assert_scalar(terms[k])
+    close(terms[k], d[f'{case}/loss_{k}'])
+  close(loss, d[f'{case}/loss'])
+  # the batch-mean prediction the balance term is built from
+  pbar = np.mean(np.asarray(jax.nn.softmax(args[0])), axis=0)
+  close(pbar, d[f'{case}/mean_prob'])
+  for g, name in zip(grads, ('t_out', 't_feat', 's_out', 'bn_input')):
+    close(g, nchw_to_nhwc(d[f'{case}/grad_{name}']))
+  terms_only = df.dafl_terms(args[0], args[1])
+  assert set(terms_only) == {'oh', 'balance', 'act'}
+  close(terms_only['balance'], d[f'{case}/loss_balance'])
+
+
+@pytest.mark.parametrize('case', ['case0', 'case1'])
+def test_fast_masked_adversarial_objective(case):
+  d, meta = load_fixture('fd_fast_adv_loss')
+  w = {k: _scalar(d[f'{case}/w_{k}']) for k in ('adv', 'bn', 'oh')}
+  assert w == pytest.approx(meta['cases'][case]['weights'])
+  s_out, t_out = d[f'{case}/s_out'], d[f'{case}/t_out']
+  mask = df.agreement_mask(s_out, t_out)
+  np.testing.assert_array_equal(mask, d[f'{case}/mask'])
+  assert int(mask.sum()) == meta['cases'][case]['n_agree']
+  close(df.kldiv(s_out, t_out, 1.0, reduction='none').sum(-1), d[f'{case}/kl_per_sample'])
+  layer = _bn_layer(d, case)
+  targets = jnp.asarray(d[f'{case}/targets'])
+
+  @jax.jit
+  def run(t_out, s_out, bn_input):
+    def loss_fn(t_out, s_out, bn_input):
+      return df.inversion_objective(t_out, targets, s_out, [layer._replace(input=bn_input)], **w)
+    return jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(t_out, s_out, bn_input)
+
+  (loss, terms), (g_t, g_s, g_bn) = run(t_out, s_out, layer.input)
+  _assert_scalar(loss)
+  for k in ('bn', 'oh', 'adv'):
+    close(terms[k], d[f'{case}/loss_{k}'])
+  close(terms['agree'], meta['cases'][case]['n_agree'] / len(mask))
+  close(loss, d[f'{case}/loss'])
+  close(g_t, d[f'{case}/grad_t_out'])
+  close(g_s, d[f'{case}/grad_s_out'])
+  close(g_bn, nchw_to_nhwc(d[f'{case}/grad_bn_input']))
+  close(df.masked_adversarial(s_out, t_out), d[f'{case}/loss_adv'])
+
+
+def test_adversarial_terms_are_off_without_weight_or_student():
+  rng = np.random.default_rng(1)
+  t, s = (jnp.asarray(rng.normal(size=(8, 10)), jnp.float32) for _ in range(2))
+  y = jnp.arange(8) % 10
+  _, terms = df.inversion_objective(t, y, s, adv=0.0)
+  assert float(terms['adv']) == 0.0 and float(terms['bn']) == 0.0
+  _, terms = df.inversion_objective(t, y, None, adv=1.0)
+  assert float(terms['adv']) == 0.0
+  loss, terms = df.dafl_objective(t, t, s, adv=0.0)
+  assert float(terms['adv']) == 0.0
+
+
+def test_deepinversion_objective_against_numpy():
+  """Composition check (components are fixture-checked above): independent float64 numpy."""
+  rng = np.random.default_rng(2)
+  b, c, ch = 6, 10, 4
+  t = rng.normal(size=(b, c)).astype(np.float32) * 3
+  s = rng.normal(size=(b, c)).astype(np.float32) * 3
+  y = rng.integers(0, c, size=b).astype(np.int32)
+  x = rng.uniform(size=(b, 8, 8, 3)).astype(np.float32)
+  tin = rng.normal(size=(b, 4, 4, ch)).astype(np.float32)
+  sin = rng.normal(size=(b, 4, 4, ch)).astype(np.float32)
+  rm, rv = rng.normal(size=ch).astype(np.float32), rng.uniform(0.5, 2, size=ch).astype(np.float32)
+  w = dict(bn=10.0, oh=1.0, adv=1.0, tv=0.001, l2=0.01, student_bn=0.001)
+  loss, terms = df.deepinversion_objective(
+      t, y, x, s, [BNLayer(tin, rm, rv)], student_bn_layers=[BNLayer(sin, rm, rv)], **w)
+  _assert_scalar(loss)
+
+  def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+  def r(v):
+    v = v.astype(np.float64).reshape(-1, ch)
+    return np.linalg.norm(rv - v.var(0)) + np.linalg.norm(rm - v.mean(0))
+
+  z = t.astype(np.float64)
+  ce = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(b), y])
+  p, q = softmax(s.astype(np.float64) / 3), softmax(z / 3)
+  m = np.clip((p + q) / 2, 0.01, 0.99)
+  p, q = np.clip(p, 0.01, 0.99), np.clip(q, 0.01, 0.99)
+  js = (0.5 * np.sum(m * np.log(m / p)) + 0.5 * np.sum(m * np.log(m / q))) / b
+  xx = x.astype(np.float64)
+  tv = sum(np.abs(dd).mean() for dd in (xx[:, :, :-1] - xx[:, :, 1:], xx[:, :-1] - xx[:, 1:],
+                                        xx[:, 1:, :-1] - xx[:, :-1, 1:],
+                                        xx[:, :-1, :-1] - xx[:, 1:, 1:]))
+  ref = {'bn': r(tin) - 0.001 * r(sin), 'oh': ce, 'adv': -js, 'tv': tv,
+         'l2': np.linalg.norm(xx)}
+  for k, v in ref.items():
+    close(terms[k], v)
+  close(loss, 10 * ref['bn'] + ref['oh'] + ref['adv'] + 0.001 * tv + 0.01 * ref['l2'])
+
+
+# --- capture on real models -----------------------------------------------------------
+
+def _conv_nhwc(x, kernel, stride=1, pad=1):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      precision=jax.lax.Precision.HIGHEST)
+
+
+def _n_batchnorms(variables) -> int:
+  from flax import traverse_util
+  return sum(1 for p in traverse_util.flatten_dict(variables['batch_stats']) if p[-1] == 'mean')
+
+
+@pytest.mark.parametrize('name', ['resnet8', 'wrn_16_1'])
+def test_capture_matches_hand_computed_inputs(name):
+  model = create_model(name, 10)
+  key = jax.random.key(3)
+  x = jax.random.normal(key, (4, 32, 32, 3))
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(key, x)
+  # random running stats so matching by path is actually tested
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict(variables['batch_stats'])
+  flat = {p: jax.random.uniform(jax.random.fold_in(key, i), v.shape, minval=0.5, maxval=1.5)
+          for i, (p, v) in enumerate(flat.items())}
+  variables = {'params': variables['params'], 'batch_stats': traverse_util.unflatten_dict(flat)}
+
+  logits, feats, layers = jax.jit(lambda v, x: forward_with_bn(model, v, x))(variables, x)
+  ref_logits, ref_feats = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  np.testing.assert_array_equal(logits, ref_logits)
+  assert len(layers) == _n_batchnorms(variables) == count_bn_layers(model, variables)
+  assert has_batchnorm(model, variables)
+  for layer in layers:
+    chex.assert_type(layer.input, jnp.float32)
+    assert layer.input.shape[-1] == layer.running_mean.shape[0] == layer.running_var.shape[0]
+  bs = variables['batch_stats']
+  if name == 'resnet8':
+    # the stem BN sees conv1(x); the first block's bn1 sees its conv1 of relu(stem BN)
+    stem = _conv_nhwc(x, variables['params']['conv1']['kernel'])
+    close(layers[0].input, stem, atol=1e-4)
+    np.testing.assert_array_equal(layers[0].running_mean, bs['bn1']['mean'])
+    st = bs['bn1']
+    scale = variables['params']['bn1']
+    h = jax.nn.relu((stem - st['mean']) / jnp.sqrt(st['var'] + 1e-5) * scale['scale'] + scale['bias'])
+    close(layers[1].input, _conv_nhwc(h, variables['params']['layer1_0']['conv1']['kernel']),
+          atol=1e-4)
+    np.testing.assert_array_equal(layers[1].running_var, bs['layer1_0']['bn1']['var'])
+  else:
+    # pre-activation: block1's first BN sees the stem conv, the final BN the last stage sum
+    close(layers[0].input, ref_feats[0])
+    np.testing.assert_array_equal(layers[0].running_mean, bs['block1']['layer_0']['bn1']['mean'])
+    close(layers[-1].input, ref_feats[3])
+    np.testing.assert_array_equal(layers[-1].running_var, bs['bn1']['var'])
+
+  # gradients reach the input through every captured layer, and match finite differences
+  loss = jax.jit(lambda x: df.bn_stats_loss(forward_with_bn(model, variables, x)[2]))
+  g = jax.jit(jax.grad(loss))(x)
+  chex.assert_shape(g, x.shape)
+  assert np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0
+  v = g / jnp.linalg.norm(g)  # steepest direction: the largest, best-resolved derivative
+  eps = 1e-2
+  fd = (loss(x + eps * v) - loss(x - eps * v)) / (2 * eps)
+  np.testing.assert_allclose(float(jnp.vdot(g, v)), float(fd), rtol=2e-2)
+
+
+def test_capture_train_mode_returns_updated_stats():
+  model = create_model('resnet8', 10)
+  x = jax.random.normal(jax.random.key(5), (4, 32, 32, 3))
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(6), x)
+  logits, feats, layers, new_stats = jax.jit(
+      lambda v, x: forward_with_bn(model, v, x, train=True))(variables, x)
+  (ref_logits, _), ref_state = jax.jit(
+      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(variables, x)
+  np.testing.assert_array_equal(logits, ref_logits)
+  chex.assert_trees_all_equal(new_stats, ref_state['batch_stats'])
+  assert len(layers) == _n_batchnorms(variables)
+  # the targets are the statistics that were passed in, not the updated ones
+  np.testing.assert_array_equal(layers[0].running_mean, variables['batch_stats']['bn1']['mean'])
+
+
+def test_capture_generator_has_no_feats():
+  from kdjax.models import create_generator
+  gen = create_generator(nz=8, ngf=8)
+  z = jax.random.normal(jax.random.key(0), (4, 8))
+  variables = jax.jit(lambda k, z: gen.init(k, z, train=False))(jax.random.key(1), z)
+  images, feats, layers, _ = jax.jit(lambda v, z: forward_with_bn(gen, v, z, train=True))(
+      variables, z)
+  assert feats is None and len(layers) == 3
+  chex.assert_shape(images, (4, 32, 32, 3))
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'vgg11', 'wrn_40_2', 'resnet56'])
+def test_capture_counts_every_batchnorm_of_teachers(name):
+  model = create_model(name, 100)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))
+  assert count_bn_layers(model, shapes) == _n_batchnorms(shapes) > 0
+
+
+def test_has_batchnorm_false_without_batchnorm():
+  class NoBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      f = jnp.mean(x, axis=(1, 2))
+      return nn.Dense(3)(f), [f]
+
+  model = NoBN()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert not has_batchnorm(model, variables)
