@@ -74,4 +74,4 @@ def class_histogram(pool: Pool, num_classes: int) -> jax.Array:
 
 def entropy(p: jax.Array) -> jax.Array:
   """Shannon entropy (nats) of a distribution, 0 log 0 = 0."""
-  return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  return jnp.maximum(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)), 0.0)
