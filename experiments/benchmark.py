@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--num_train', type=int, default=50000,
                  help='examples on device; sizes per-example memories (CRD) as CIFAR-100')
   p.add_argument('--methods', default='all',
-                 help="comma list, 'all' (registered methods but ce, plus train) or 'none'")
+                 help="comma list, 'all' (registered methods but ce, plus kd+kdci and train) "
+                      "or 'none'; '<method>+kdci' wraps a method with KDCI")
   p.add_argument('--models', default='', help='comma list of models to time alone')
   p.add_argument('--batch_sizes', default='64', help='batches of the --models rows')
   p.add_argument('--dtype', default='float32', choices=sorted(DTYPES))
@@ -68,7 +69,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def method_config(name: str, teacher: str, student: str, dtype: str) -> ml_collections.ConfigDict:
   """The published config of ``name`` (configs/<name>.py; its default pair's weights if it
-  has none for ours), else the base config, with our models; 'train' = CE mode train."""
+  has none for ours), else the base config, with our models; 'train' = CE mode train;
+  'kd+kdci' (any '<method>+kdci') = that method's config with method.kdci.enabled."""
+  if name.endswith('+kdci'):
+    c = method_config(name[:-len('+kdci')], teacher, student, dtype)
+    c.method.kdci.enabled = True
+    return c
   c = None
   path = os.path.join(ROOT, 'configs', f'{name}.py')
   if name != 'train' and os.path.exists(path):
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   platform = devices[0].platform
   _say = lambda msg: print(f'benchmark: {msg}', file=sys.stderr, flush=True)
   if args.methods == 'all':
-    names = [m for m in methods.method_names() if m != 'ce'] + ['train']
+    names = [m for m in methods.method_names() if m != 'ce'] + ['kd+kdci', 'train']
   else:
     names = [] if args.methods == 'none' else args.methods.split(',')
   n = args.matmul_size or (2048 if platform == 'cpu' else 8192)

@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     sub = methods.get_method(name).default_config()
     if len(sub):
       c.method[name] = sub
+  c.method.kdci = methods.kdci_config()  # KDCI wraps config.method.name when enabled
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 0.05
@@ -237,6 +238,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of('method.name', config.method.name, methods.method_names())
   _one_of('optim.schedule', config.optim.schedule, SCHEDULES)
   _check_ranges(config)
+  try:
+    methods.validate_kdci(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   n_dev = jax.device_count()
   for key in ('train.batch_size', 'train.eval_batch_size'):
     group, name = key.split('.')

@@ -77,7 +77,9 @@ def method_for(config: ml_collections.ConfigDict) -> tuple[methods.Method,
     cfg = ml_collections.ConfigDict(dict(name='ce', gamma=1.0, alpha=0.0, beta=0.0,
                                          temperature=config.method.temperature))
     return methods.get_method('ce'), ml_collections.FrozenConfigDict(cfg)
-  return methods.get_method(config.method.name), ml_collections.FrozenConfigDict(config.method)
+  # KDCI wraps the named method when method.kdci.enabled
+  return (methods.resolve(config.method.name, config.method),
+          ml_collections.FrozenConfigDict(config.method))
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -426,10 +428,10 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ConfigError(f"config key 'evaluate.checkpoint': the model predicts "
                       f"{meta['num_classes']} classes but {d.name} has {ds.num_classes}")
   export.check_variables(meta, variables)
-  method = methods.get_method(meta.get('method') or 'ce')
   # the method settings the model was trained with (e.g. CID's temperature), not today's
   base = ml_collections.ConfigDict(meta['method_config']) if 'method_config' in meta else (
       copy.deepcopy(config.method))
+  method = methods.resolve(meta.get('method') or 'ce', base)
   model = export.model_from_meta(meta, DTYPES[config.model.dtype])
   # the export's own normalisation: the model was trained with it
   data = DataSpec(tuple(meta.get('mean', ds.mean)), tuple(meta.get('std', ds.std)), 0, False)
