@@ -237,3 +237,23 @@ def test_sigkill_mid_synthesis_resumes_bitwise(fake_teacher, tmp_path):
   _, ref_vars = export.load(os.path.join(ref, 'model'))
   _, got_vars = export.load(os.path.join(run, 'model'))
   chex.assert_trees_all_equal(ref_vars, got_vars)
+
+
+def test_kdci_over_a_datafree_method_rebuilds_from_the_pool(fake_teacher, tmp_path):
+  """+KDCI on DAFL: the dictionary is built from the pool (prior sums to 1), both heads
+  are evaluated and exported, and the prior is drawn next to the pool's histogram."""
+  from kdjax.config import validate
+  from kdjax.train.datafree import train_datafree
+  c = _datafree_config('dafl', fake_teacher, method__kdci__enabled=True,
+                       method__kdci__pca_dim=8, method__kdci__num_prototypes=4)
+  validate(c)
+  train_datafree(c, str(tmp_path / 'run'))
+  meta, variables = export.load(str(tmp_path / 'run' / 'model'))
+  assert meta['method'] == 'kd+kdci'
+  kstate = variables['method']['state']['kdci']
+  assert float(kstate['built']) == 1.0
+  np.testing.assert_allclose(np.sum(kstate['prior']), 1.0, rtol=1e-5)
+  last = [r for r in _metrics(tmp_path / 'run') if 'epoch' in r][-1]
+  assert {'test/accuracy/kdci', 'test/accuracy/student'} <= set(last)
+  assert os.path.exists(tmp_path / 'run' / 'synthetic' / 'distributions_0002.png')
+  assert any('kdci/prior' in r for r in _metrics(tmp_path / 'run'))

@@ -11,6 +11,7 @@ exactly what an uninterrupted one does.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from typing import Any
@@ -24,6 +25,8 @@ from kdjax import datafree
 from kdjax.config import ConfigError
 from kdjax.data import load_split
 from kdjax.datafree.pool import class_histogram, entropy
+from kdjax.methods import ModelOutput
+from kdjax.methods.kdci import SUFFIX as KDCI_SUFFIX, dictionary_features, rebuild_dictionary
 from kdjax.models.generator import create_generator
 from kdjax.train import export, visual
 from kdjax.train.checkpoint import Checkpoints
@@ -120,7 +123,10 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   sched = Schedule(config, synth.fresh_pool, syn_batch)
   method, method_cfg = method_for(config)
 
-  setup = build_run(_student_config(config, sched), num_classes, sched.capacity, image_shape,
+  kdci_on = method.name.endswith(KDCI_SUFFIX)
+  # num_train = 0: KDCI keeps no per-example memory here; its dictionary comes from the pool
+  setup = build_run(_student_config(config, sched), num_classes,
+                    0 if kdci_on else sched.capacity, image_shape,
                     teacher, teacher_vars, sched.steps_per_epoch)
   student, schedule, tx = setup.student, setup.schedule, setup.tx
   generator = create_generator(d.nz, d.ngf, image_shape[0], image_shape[2])
@@ -152,6 +158,8 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       d.steps_per_call or (1 if jax.devices()[0].platform == 'cpu' else 0))
   add_to_pool = jax.jit(lambda pool, images, t_vars: _add_to_pool(
       pool, images, t_vars, teacher, mean, std, feature_dim), donate_argnums=(0,))
+  rebuild = jax.jit(functools.partial(_rebuild_dictionary, method_cfg=method_cfg),
+                    donate_argnums=(0,)) if kdci_on else None
   spec = DataSpec(mean, std, config.data.crop_padding, config.data.flip)
   step_fn = build_train_step(student, teacher, method, method_cfg, tx, spec,
                              sched.steps_per_epoch, mesh,
@@ -208,6 +216,11 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
           pool = add_to_pool(run_state['pool'], images, teacher_vars)
           run_state = {**run_state, 'synth': syn_state, 'pool': pool,
                        'rounds': jnp.asarray(rnd + 1, jnp.int32)}
+          if rebuild is not None and rnd % max(config.method.kdci.dict_every, 1) == 0:
+            train_state = run_state['train']
+            run_state = {**run_state, 'train': train_state.replace(method_state=rebuild(
+                train_state.method_state, run_state['pool'],
+                jax.random.fold_in(jax.random.fold_in(round_key, rnd), 0x6B6463)))}
           epoch_synth.append({k_: float(v) for k_, v in syn_metrics.items()})
           last_images = images
           synth_seconds += time.time() - t0
@@ -250,8 +263,10 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
           _save_export(best_path, run_state['train'], {**meta_fields, 'test_accuracy': headline})
       if writer:
         writer.write(int(run_state['train'].step), record)
-        _draw(workdir, writer, epoch + 1, last_images, hist, int(run_state['train'].step),
-              config.datafree.grid)
+        prior = (np.asarray(run_state['train'].method_state['kdci']['prior'])
+                 if kdci_on else None)
+        _draw(workdir, writer, epoch + 1, last_images, hist, prior,
+              int(run_state['train'].step), config.datafree.grid)
       _print(_datafree_line(record, sched.epochs))
       if (epoch + 1) % config.checkpoint.every == 0 or last_epoch:
         ckpts.save(int(run_state['train'].step) + int(run_state['rounds']), run_state,
@@ -282,8 +297,8 @@ def _student_vars(state) -> dict[str, Any]:
 def _pool_feature_dim(config, teacher, teacher_vars, image_shape) -> int:
   """Width of the teacher features the pool keeps: the penultimate feature when a method
   builds a dictionary from it (KDCI), else none."""
-  kdci = config.method.get('kdci')
-  if not kdci or not kdci.enabled or kdci.feature != 'penultimate':
+  k = config.method.kdci
+  if not k.enabled or k.feature != 'penultimate':
     return 0
   out = jax.eval_shape(lambda v, x: teacher.apply(v, x, train=False), teacher_vars,
                        jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32))
@@ -332,16 +347,27 @@ def _save_export(path: str, st, meta: dict[str, Any]) -> None:
                                 'state': st.method_state}}, {**meta, 'step': int(st.step)})
 
 
-def _draw(workdir: str, writer: MetricWriter, epoch: int, images, hist: np.ndarray, step: int,
-          grid: int) -> None:
-  """The epoch's last synthetic batch as a PNG grid (workdir and TensorBoard) and the
-  pool's class histogram."""
+def _rebuild_dictionary(method_state, pool, key, method_cfg):
+  """KDCI's confounder dictionary from the teacher's features of the pool's images."""
+  feats = dictionary_features(ModelOutput(pool.logits, [pool.features]), method_cfg)
+  return rebuild_dictionary(method_state, feats, datafree.valid_mask(pool), key, method_cfg.kdci)
+
+
+def _draw(workdir: str, writer: MetricWriter, epoch: int, images, hist: np.ndarray,
+          prior: np.ndarray | None, step: int, grid: int) -> None:
+  """The epoch's last synthetic batch as a PNG grid (workdir and TensorBoard), the pool's
+  class histogram and, with KDCI, its dictionary's prior (prototype proportions)."""
   if images is not None and grid:
     u8 = np.asarray(datafree.to_uint8(images[:grid]))
-    path = visual.save_grid(os.path.join(workdir, 'synthetic', f'epoch_{epoch:04d}.png'), u8)
+    visual.save_grid(os.path.join(workdir, 'synthetic', f'epoch_{epoch:04d}.png'), u8)
     writer.add_image('synthetic', visual.image_grid(u8), step)
-    del path
   writer.add_histogram('pool/classes', hist, step)
+  panels = {'pool: teacher classes': hist}
+  if prior is not None:
+    writer.add_histogram('kdci/prior', prior, step)
+    panels['KDCI prior P(z_i), sorted'] = np.sort(prior)[::-1]
+  visual.plot_distributions(os.path.join(workdir, 'synthetic', f'distributions_{epoch:04d}.png'),
+                            panels, f'epoch {epoch}')
 
 
 def _datafree_line(record: dict[str, Any], epochs: int) -> str:
