@@ -89,3 +89,17 @@ def test_random_resized_crop_is_differentiable():
   # linear in x: the directional derivative is exact
   v = _images(b=4, h=16, w=16, seed=6)
   np.testing.assert_allclose(float(jnp.vdot(g, v)), float(f(x + v) - f(x)), rtol=1e-3, atol=1e-3)
+
+
+def test_clip_normalized_bounds_each_channel():
+  from kdjax.data.augment import clip_normalized, normalize
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+  x = _images(b=4, seed=9) * 5
+  out = np.asarray(clip_normalized(x, mean, std))
+  pixels = out * np.asarray(std) + np.asarray(mean)
+  assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+  inside = (np.asarray(x) * std + np.asarray(mean) >= 0) & (np.asarray(x) * std + np.asarray(mean) <= 1)
+  np.testing.assert_array_equal(out[inside], np.asarray(x)[inside])
+  # normalised uint8 images are already in range
+  img = normalize(jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3))), mean, std)
+  np.testing.assert_allclose(clip_normalized(img, mean, std), img, atol=1e-6)

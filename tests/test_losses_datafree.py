@@ -506,3 +506,11 @@ def test_instance_means_concatenate_spatial_means():
   out = df.instance_means(layers)
   chex.assert_shape(out, (3, 12))
   close(out, np.concatenate([a.mean((1, 2)), b.mean((1, 2))], axis=1))
+
+
+def test_numpy_scalar_zero_weight_disables_adversarial_term():
+  rng = np.random.default_rng(3)
+  t, s = (jnp.asarray(rng.normal(size=(8, 10)), jnp.float32) for _ in range(2))
+  _, terms = df.inversion_objective(t, jnp.zeros(8, jnp.int32), s, adv=np.float32(0))
+  assert float(terms['adv']) == 0.0
+  close(df.instance_means([t[:, None, None, :]]), t)

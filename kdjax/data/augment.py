@@ -46,6 +46,14 @@ def random_crop_flip(key: jax.Array, images: jax.Array, padding: int = 4,
   return jax.vmap(one)(jax.random.split(key, batch), padded)
 
 
+def clip_normalized(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Clamps normalised images to the range that un-normalises into [0, 1], per channel
+  (DeepInversion's ``clip_images`` after every pixel step)."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return jnp.clip(images, -mean / std, (1 - mean) / std)
+
+
 def augment(key: jax.Array, images: jax.Array, mean: Sequence[float], std: Sequence[float],
             padding: int = 4, flip: bool = True) -> jax.Array:
   """Crop/flip on the raw pixels (so the padding is black), then normalise."""
