@@ -514,3 +514,26 @@ def test_numpy_scalar_zero_weight_disables_adversarial_term():
   _, terms = df.inversion_objective(t, jnp.zeros(8, jnp.int32), s, adv=np.float32(0))
   assert float(terms['adv']) == 0.0
   close(df.instance_means([t[:, None, None, :]]), t)
+
+
+def test_bn_loss_and_views_agree_on_1_and_8_devices():
+  """Batch sharded over the 8 simulated devices: the statistics are global (same loss,
+  same gradient), and per-example augmentation keys give the same views."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from kdjax.data.augment import jitter_flip, random_resized_crop
+  d, _ = load_fixture('fd_deepinversion_hook')
+  x = nchw_to_nhwc(d['step0/x'])
+  layer = BNLayer(x, d['bn/running_mean'], d['bn/running_var'])
+
+  def f(x):
+    loss, g = jax.value_and_grad(lambda x: df.bn_stats_loss([layer._replace(input=x)]))(x)
+    key = jax.random.key(0)
+    return loss, g, jitter_flip(key, x, 2), random_resized_crop(key, x)
+
+  single = jax.jit(f)(x)
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+  sharded = jax.jit(f)(jax.device_put(x, NamedSharding(mesh, P('data'))))
+  assert sharded[1].sharding.num_devices == 8
+  close(sharded[0], d['step0/r_feature'])
+  for a, b in zip(single, sharded):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -71,7 +71,7 @@ class BNMomentum(NamedTuple):
 def init_bn_mmt(bn_layers: Sequence[BNLayer]) -> BNMomentum:
   """Empty momentum state shaped like ``bn_layers`` (only the running stats' shapes are read)."""
   zeros = [jnp.zeros(jnp.shape(l.running_mean), jnp.float32) for l in bn_layers]
-  return BNMomentum(zeros, [z for z in zeros], jnp.asarray(False))
+  return BNMomentum(zeros, list(zeros), jnp.asarray(False))
 
 
 def update_bn_mmt(mmt: BNMomentum | None, bn_layers: Sequence[BNLayer],
