@@ -369,3 +369,171 @@ def test_has_batchnorm_false_without_batchnorm():
   model = NoBN()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   assert not has_batchnorm(model, variables)
+
+
+# --- CMI: head, memory bank, contrastive term --------------------------------------------
+
+def test_memory_bank_ring_buffer():
+  bank = df.bank_init(10, 3)
+  chex.assert_shape(bank.data, (10, 3))
+  add = jax.jit(df.bank_add)
+  ref = np.zeros((10, 3), np.float32)
+  ptr = 0
+  for step in range(3):
+    feats = np.full((4, 3), step + 1, np.float32) + np.arange(4, dtype=np.float32)[:, None] / 10
+    bank = add(bank, feats)
+    for row in feats:   # numpy ring buffer
+      ref[ptr] = row
+      ptr = (ptr + 1) % 10
+    np.testing.assert_array_equal(bank.data, ref)
+    assert int(bank.ptr) == ptr
+    assert int(bank.size) == min(4 * (step + 1), 10)
+  with pytest.raises(ValueError, match='cannot add'):
+    df.bank_add(bank, np.zeros((11, 3), np.float32))
+
+
+def test_memory_bank_sample_masks_missing_rows():
+  data = np.arange(20, dtype=np.float32).reshape(10, 2)
+  sample = jax.jit(df.bank_sample, static_argnums=2)
+  partial = df.bank_add(df.bank_init(10, 2), data[:4])
+  seen = set()
+  for i in range(20):
+    feats, valid = sample(partial, jax.random.key(i), 6)
+    chex.assert_shape(feats, (6, 2))
+    np.testing.assert_array_equal(valid, [True] * 4 + [False] * 2)
+    rows = [int(r[0]) // 2 for r in np.asarray(feats)[:4]]
+    assert len(set(rows)) == 4 and set(rows) <= {0, 1, 2, 3}   # without replacement
+  full = df.bank_add(df.bank_add(df.bank_init(10, 2), data[:6]), data[6:])
+  for i in range(20):
+    feats, valid = sample(full, jax.random.key(i), 6)
+    assert bool(np.all(valid))
+    rows = [int(r[0]) // 2 for r in np.asarray(feats)]
+    assert len(set(rows)) == 6
+    seen.update(rows)
+  assert seen == set(range(10))   # every row can be drawn
+  with pytest.raises(ValueError, match='cannot sample'):
+    df.bank_sample(full, jax.random.key(0), 11)
+
+
+def _head_setup(n=5, d=12, m=7, seed=0):
+  rng = np.random.default_rng(seed)
+  local = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  glob = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  bank = jnp.asarray(rng.normal(size=(m, 2 * d)), jnp.float32)
+  head = df.CMIHead()
+  params = head.init(jax.random.key(seed), local)['params']
+  return head, params, local, glob, bank
+
+
+def _numpy_cmi(params, local, glob, bank, valid, t, global_params=None):
+  """Reference CMI contrastive loss in float64, with only the valid bank rows kept.
+  ``global_params`` (default ``params``) project the global side, which the reference
+  detaches: differentiating in ``params`` alone gives the reference's head gradient."""
+
+  def proj(x, params):
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    h = np.maximum(x @ p['head_0']['kernel'] + p['head_0']['bias'], 0)
+    z = h @ p['head_2']['kernel'] + p['head_2']['bias']
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+  d = local.shape[1]
+  bank = np.asarray(bank, np.float64)[np.asarray(valid)]
+  lo = proj(np.concatenate([np.asarray(local, np.float64), bank[:, :d]]), params)
+  gl = proj(np.concatenate([np.asarray(glob, np.float64), bank[:, d:]]),
+            params if global_params is None else global_params)
+  logits = lo @ gl.T / t
+  logits -= logits.max(1, keepdims=True)
+  ce = -(np.diag(logits) - np.log(np.exp(logits).sum(1)))
+  n = local.shape[0]
+  return ce[:n].mean() + (ce[n:].mean() if len(bank) else 0.0)
+
+
+def test_cmi_head_layout():
+  head, params, local, _, _ = _head_setup()
+  chex.assert_shape(params['head_0']['kernel'], (12, 12))
+  chex.assert_shape(params['head_2']['kernel'], (12, 256))
+  z = head.apply({'params': params}, local)
+  chex.assert_shape(z, (5, 256))
+  np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('n_valid', [0, 3, 7])
+def test_cmi_contrastive_loss_against_numpy(n_valid):
+  head, params, local, glob, bank = _head_setup()
+  valid = jnp.arange(7) < n_valid
+  loss = jax.jit(lambda *a: df.cmi_contrastive_loss(*a, temperature=0.2))(
+      params, local, glob, bank, valid)
+  _assert_scalar(loss)
+  close(loss, _numpy_cmi(params, local, glob, bank, valid, 0.2))
+  if n_valid == 0:   # an empty bank is the same as no bank
+    close(df.cmi_contrastive_loss(params, local, glob), loss)
+
+
+def test_cmi_contrastive_gradients():
+  head, params, local, glob, bank = _head_setup(seed=1)
+  valid = jnp.arange(7) < 4
+  loss = lambda p, lo, gl: df.cmi_contrastive_loss(p, lo, gl, bank, valid, temperature=0.2)
+  # the global projections are detached: no gradient reaches the global view
+  g_glob = jax.grad(loss, argnums=2)(params, local, glob)
+  np.testing.assert_array_equal(g_glob, np.zeros_like(glob))
+  # the gradient into the local view matches finite differences (float32, jax) ...
+  jax.test_util.check_grads(lambda lo: loss(params, lo, glob), (local,), order=1,
+                            modes=['rev'], eps=1e-3, atol=2e-2, rtol=2e-2)
+  # ... and the float64 numpy reference differentiated numerically along the gradient,
+  # for the local view and for the head (whose global-side use is detached)
+  g_p, g_lo = jax.grad(loss, argnums=(0, 1))(params, local, glob)
+  eps = 1e-5
+  v = np.asarray(g_lo / jnp.linalg.norm(g_lo), np.float64)
+  lo64 = np.asarray(local, np.float64)
+  f = lambda lo: _numpy_cmi(params, lo, glob, bank, valid, 0.2)
+  np.testing.assert_allclose(float(jnp.linalg.norm(g_lo)),
+                             (f(lo64 + eps * v) - f(lo64 - eps * v)) / (2 * eps), rtol=1e-3)
+  norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64)))
+                           for a in jax.tree.leaves(g_p))))
+  assert norm > 0
+  shift = lambda sign: jax.tree.map(
+      lambda a, g: np.asarray(a, np.float64) + sign * eps * np.asarray(g, np.float64) / norm,
+      params, g_p)
+  f = lambda p: _numpy_cmi(p, local, glob, bank, valid, 0.2, global_params=params)
+  np.testing.assert_allclose(norm, (f(shift(1)) - f(shift(-1))) / (2 * eps), rtol=1e-3)
+
+
+def test_instance_means_concatenate_spatial_means():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(3, 4, 4, 5)), rng.normal(size=(3, 2, 2, 7))
+  layers = [BNLayer(jnp.asarray(a, jnp.float32), None, None),
+            BNLayer(jnp.asarray(b, jnp.float32), None, None)]
+  out = df.instance_means(layers)
+  chex.assert_shape(out, (3, 12))
+  close(out, np.concatenate([a.mean((1, 2)), b.mean((1, 2))], axis=1))
+
+
+def test_numpy_scalar_zero_weight_disables_adversarial_term():
+  rng = np.random.default_rng(3)
+  t, s = (jnp.asarray(rng.normal(size=(8, 10)), jnp.float32) for _ in range(2))
+  _, terms = df.inversion_objective(t, jnp.zeros(8, jnp.int32), s, adv=np.float32(0))
+  assert float(terms['adv']) == 0.0
+  close(df.instance_means([t[:, None, None, :]]), t)
+
+
+def test_bn_loss_and_views_agree_on_1_and_8_devices():
+  """Batch sharded over the 8 simulated devices: the statistics are global (same loss,
+  same gradient), and per-example augmentation keys give the same views."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from kdjax.data.augment import jitter_flip, random_resized_crop
+  d, _ = load_fixture('fd_deepinversion_hook')
+  x = nchw_to_nhwc(d['step0/x'])
+  layer = BNLayer(x, d['bn/running_mean'], d['bn/running_var'])
+
+  def f(x):
+    loss, g = jax.value_and_grad(lambda x: df.bn_stats_loss([layer._replace(input=x)]))(x)
+    key = jax.random.key(0)
+    return loss, g, jitter_flip(key, x, 2), random_resized_crop(key, x)
+
+  single = jax.jit(f)(x)
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+  sharded = jax.jit(f)(jax.device_put(x, NamedSharding(mesh, P('data'))))
+  assert sharded[1].sharding.num_devices == 8
+  close(sharded[0], d['step0/r_feature'])
+  for a, b in zip(single, sharded):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.losses.kd import cross_entropy, kl_div_loss
 from kdjax.models.capture import BNLayer
@@ -42,7 +43,7 @@ def _active(weight: Any, operand: Any) -> bool:
   number <= 0 (the reference's ``if self.adv > 0``); traced weights always build it."""
   if operand is None:
     return False
-  return not (isinstance(weight, (int, float)) and weight <= 0)
+  return not (isinstance(weight, (int, float, np.number)) and weight <= 0)
 
 
 # --- BatchNorm statistics (DeepInversion) -------------------------------------------
@@ -70,7 +71,7 @@ class BNMomentum(NamedTuple):
 def init_bn_mmt(bn_layers: Sequence[BNLayer]) -> BNMomentum:
   """Empty momentum state shaped like ``bn_layers`` (only the running stats' shapes are read)."""
   zeros = [jnp.zeros(jnp.shape(l.running_mean), jnp.float32) for l in bn_layers]
-  return BNMomentum(zeros, [z for z in zeros], jnp.asarray(False))
+  return BNMomentum(zeros, list(zeros), jnp.asarray(False))
 
 
 def update_bn_mmt(mmt: BNMomentum | None, bn_layers: Sequence[BNLayer],
@@ -269,11 +270,12 @@ def deepinversion_objective(t_logits: jax.Array, targets: jax.Array, images: jax
 
 # --- CMI contrastive term ------------------------------------------------------------
 
-def instance_means(bn_layers: Sequence[BNLayer]) -> jax.Array:
+def instance_means(layers: Sequence[BNLayer | jax.Array]) -> jax.Array:
   """CMI's feature: each BN input averaged over its spatial axes (``InstanceMeanHook``),
-  concatenated over layers, shape (B, sum of channels)."""
-  return jnp.concatenate([jnp.mean(_f32(l.input), axis=tuple(range(1, l.input.ndim - 1)))
-                          for l in bn_layers], axis=-1)
+  concatenated over layers, shape (B, sum of channels). Plain NHWC maps are accepted too
+  (the reference hooks resnet34's stage *inputs* instead of its BN layers)."""
+  maps = [_f32(l.input if isinstance(l, BNLayer) else l) for l in layers]
+  return jnp.concatenate([jnp.mean(x, axis=tuple(range(1, x.ndim - 1))) for x in maps], axis=-1)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
