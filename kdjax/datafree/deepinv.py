@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.data.augment import jitter_flip
+from kdjax.data.augment import clip_normalized, jitter_flip
 from kdjax.datafree import base
 from kdjax.losses import datafree as dfl
 from kdjax.models.capture import forward_with_bn
@@ -58,7 +58,8 @@ def step(carry, teacher_vars, student_vars, rnd, ctx: base.SynthContext):
   key, aug_key = jax.random.split(carry['key'])
 
   def loss_fn(x):
-    xa = jitter_flip(aug_key, x, cfg.jitter)
+    # one shift and flip for the whole batch, as the reference draws them
+    xa = jitter_flip(aug_key, x, cfg.jitter, per_example=False)
     t_logits, _, t_bn = base.teacher_forward(ctx, teacher_vars, xa)
     s_logits, _, s_bn = forward_with_bn(ctx.student, student_vars, xa, train=False)
     loss, terms = dfl.deepinversion_objective(
@@ -71,11 +72,7 @@ def step(carry, teacher_vars, student_vars, rnd, ctx: base.SynthContext):
   best_x = base.keep_best(loss, carry['best_loss'], carry['x'], carry['best_x'])
   opt = base.adam(cfg.lr_g, 0.5, 0.99)
   updates, opt_state = opt.update(grad, carry['opt'], carry['x'])
-  x = carry['x'] + updates
-  # keep the pixels inside [0, 1] once un-normalised (the reference's clip_images)
-  lo = (0.0 - jnp.asarray(ctx.mean)) / jnp.asarray(ctx.std)
-  hi = (1.0 - jnp.asarray(ctx.mean)) / jnp.asarray(ctx.std)
-  x = jnp.clip(x, lo, hi)
+  x = clip_normalized(carry['x'] + updates, ctx.mean, ctx.std)
   return {**carry, 'x': x, 'opt': opt_state, 'key': key, 'best_x': best_x,
           'best_loss': jnp.minimum(loss, carry['best_loss']),
           'terms': {k: jnp.asarray(terms.get(k, 0.0), jnp.float32) for k in _zero_terms()}}
