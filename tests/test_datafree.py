@@ -257,3 +257,63 @@ def test_kdci_over_a_datafree_method_rebuilds_from_the_pool(fake_teacher, tmp_pa
   assert {'test/accuracy/kdci', 'test/accuracy/student'} <= set(last)
   assert os.path.exists(tmp_path / 'run' / 'synthetic' / 'distributions_0002.png')
   assert any('kdci/prior' in r for r in _metrics(tmp_path / 'run'))
+
+
+class _NoBatchNorm:
+  """A registered test-only model without BatchNorm (a linear classifier on pixels)."""
+
+  @staticmethod
+  def register():
+    import flax.linen as nn
+    from kdjax.models import registry
+
+    class Linear(nn.Module):
+      num_classes: int
+      dtype: object = jnp.float32
+
+      @nn.compact
+      def __call__(self, x, train=False, preact=False):
+        pooled = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes)(pooled), [pooled]
+
+    if 'test_nobn_linear' not in registry.model_names():
+      registry.register('test_nobn_linear')(lambda num_classes, dtype=jnp.float32:
+                                            Linear(num_classes, dtype))
+
+
+@pytest.fixture(scope='module')
+def nobn_teacher(tmp_path_factory) -> str:
+  from kdjax.models import create_model
+  _NoBatchNorm.register()
+  model = create_model('test_nobn_linear', 4)
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  path = str(tmp_path_factory.mktemp('nobn') / 'teacher')
+  export.save(path, {'params': v['params'], 'batch_stats': {}, 'method': {}},
+              {'model': 'test_nobn_linear', 'num_classes': 4, 'image_size': 32})
+  return path
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(datafree__method='deepinversion'), "'datafree.method' is 'deepinversion'; accepted: cmi, dafl, deepinv, fast"),
+    (dict(datafree__eval_split='train'), 'never reads the training data'),
+    (dict(datafree__pool_capacity=10 ** 12), 'the pool needs'),
+    (dict(datafree__ep_steps=3), 'must be a multiple of datafree.kd_steps'),
+    (dict(datafree__warmup=2), 'leaves no epoch to train the student'),
+    (dict(datafree__fast__meta='maml2'), "'datafree.fast.meta' is 'maml2'"),
+    (dict(datafree__fast__lr_g=0.0), "'datafree.fast.lr_g' must be > 0"),
+    (dict(datafree__pool_capacity=8), 'smaller than one synthesis round'),
+    (dict(data__image_size=64), 'the teacher was trained on 32x32'),
+])
+def test_bad_datafree_configs_are_one_line_errors(overrides, message, fake_teacher):
+  from kdjax.config import ConfigError, validate
+  c = _datafree_config('fast', fake_teacher, **overrides)
+  with pytest.raises(ConfigError) as err:
+    validate(c)
+  assert message in str(err.value) and '\n' not in str(err.value)
+
+
+def test_batchnorm_statistics_need_a_teacher_with_batchnorm(nobn_teacher):
+  from kdjax.config import ConfigError, validate
+  with pytest.raises(ConfigError, match='has no BatchNorm layer; use datafree.method=dafl'):
+    validate(_datafree_config('deepinv', nobn_teacher))
+  validate(_datafree_config('dafl', nobn_teacher))   # DAFL needs no BN statistics
