@@ -155,45 +155,48 @@ def chunk_steps(total: int, steps_per_call: int) -> int:
   return max(d for d in range(1, steps_per_call + 1) if total % d == 0)
 
 
-def build_synthesize(synth: Synthesizer, ctx: SynthContext, total_steps: int,
-                     steps_per_call: int) -> Callable[..., tuple[PyTree, jax.Array, Metrics]]:
-  """``synthesize(state, teacher_vars, student_vars, key, round) -> (state, images, metrics)``.
+class CompiledRound:
+  """``round(state, teacher_vars, student_vars, key, rnd) -> (state, images, metrics)``.
 
-  With ``steps_per_call`` covering every inner step, the whole round (begin, the inner
-  loop, finish) is one jitted call; otherwise ``begin`` and ``finish`` are jitted on their
-  own and the inner loop runs as a Python loop over jitted chunks of steps (XLA's CPU
-  backend runs convolutions inside loops much slower; the benchmark measures both).
-  Results do not depend on the chunking.
+  With ``per_call`` covering every inner step the whole round (begin, the inner loop,
+  finish) is one jitted call; otherwise ``begin`` and ``finish`` are jitted on their own
+  and the inner loop runs as a Python loop over jitted chunks of ``per_call`` steps (XLA's
+  CPU backend runs convolutions inside loops much slower; the benchmark measures both).
+  Results do not depend on the chunking. ``begin`` / ``inner`` / ``finish`` are exposed
+  for the benchmark.
   """
-  k = chunk_steps(total_steps, steps_per_call)
 
-  def begin(state, key, rnd):
-    return synth.begin(state, key, rnd, ctx)
+  def __init__(self, synth: Synthesizer, ctx: SynthContext, total_steps: int, per_call: int):
+    self.total_steps = total_steps
+    self.per_call = chunk_steps(total_steps, per_call)
 
-  def inner(carry, teacher_vars, student_vars, rnd, n):
-    one = lambda c: synth.step(c, teacher_vars, student_vars, rnd, ctx)
-    if n == 1:
-      return one(carry)
-    return jax.lax.fori_loop(0, n, lambda i, c: one(c), carry)
+    def inner(carry, teacher_vars, student_vars, rnd, n):
+      one = lambda c: synth.step(c, teacher_vars, student_vars, rnd, ctx)
+      if n == 1:
+        return one(carry)
+      return jax.lax.fori_loop(0, n, lambda i, c: one(c), carry)
 
-  def finish(state, carry):
-    return synth.finish(state, carry, ctx)
-
-  if k == total_steps:
-    @jax.jit
     def whole(state, teacher_vars, student_vars, key, rnd):
-      carry = inner(begin(state, key, rnd), teacher_vars, student_vars, rnd, total_steps)
-      return finish(state, carry)
-    return whole
+      carry = inner(synth.begin(state, key, rnd, ctx), teacher_vars, student_vars, rnd,
+                    total_steps)
+      return synth.finish(state, carry, ctx)
 
-  begin_j = jax.jit(begin)
-  inner_j = jax.jit(lambda c, t, s, r: inner(c, t, s, r, k), donate_argnums=(0,))
-  finish_j = jax.jit(finish)
+    self.whole = jax.jit(whole)
+    self.begin = jax.jit(lambda state, key, rnd: synth.begin(state, key, rnd, ctx))
+    self.inner = jax.jit(lambda c, t, s, r: inner(c, t, s, r, self.per_call),
+                         donate_argnums=(0,))
+    self.finish = jax.jit(lambda state, carry: synth.finish(state, carry, ctx))
 
-  def chunked(state, teacher_vars, student_vars, key, rnd):
-    carry = begin_j(state, key, rnd)
-    for _ in range(total_steps // k):
-      carry = inner_j(carry, teacher_vars, student_vars, rnd)
-    return finish_j(state, carry)
+  def __call__(self, state, teacher_vars, student_vars, key, rnd):
+    if self.per_call == self.total_steps:
+      return self.whole(state, teacher_vars, student_vars, key, rnd)
+    carry = self.begin(state, key, rnd)
+    for _ in range(self.total_steps // self.per_call):
+      carry = self.inner(carry, teacher_vars, student_vars, rnd)
+    return self.finish(state, carry)
 
-  return chunked
+
+def build_synthesize(synth: Synthesizer, ctx: SynthContext, total_steps: int,
+                     steps_per_call: int) -> CompiledRound:
+  """The compiled synthesis round of ``synth`` (see ``CompiledRound``)."""
+  return CompiledRound(synth, ctx, total_steps, steps_per_call)
