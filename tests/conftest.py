@@ -13,6 +13,11 @@ from pathlib import Path
 # Eight simulated CPU devices for the whole session, so sharding is exercised by every
 # test; must be set before JAX initialises its backend.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# A persistent compilation cache: many tests (and the CLI runs they start) compile the
+# same small programs, and on a 2-core CPU compiling is most of a short test's time.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      str(Path(__file__).resolve().parents[1] / '.jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 import numpy as np
 import pytest
