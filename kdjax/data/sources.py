@@ -53,9 +53,14 @@ _CIFAR_STATS = {
 }
 
 
+# torchvision's ImageNet constants, also customary for Tiny-ImageNet and image folders
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_IMAGENET_NAMES = ('imagenet2012', 'imagenet', 'tiny_imagenet')
+
+
 def known_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
   """The customary (mean, std) of a dataset, if kdjax knows one."""
-  return _CIFAR_STATS.get(name)
+  return IMAGENET_STATS if name in _IMAGENET_NAMES else _CIFAR_STATS.get(name)
 
 
 @dataclasses.dataclass(frozen=True)
