@@ -236,3 +236,14 @@ def test_parameter_counts_match_torchvision(name):
   model, variables = convert_state_dict(
       name, {k: v.detach().numpy() for k, v in ref.state_dict().items()}, 1000, image_size=32)
   assert sum(v.size for v in jax.tree.leaves(variables['params'])) == PARAMS_1000[name]
+
+
+def test_max_pool_is_differentiable_under_jit():
+  """The stem's max-pool (and VGG's) inside the jitted train step needs its gradient."""
+  from kdjax.models.layers import max_pool
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, 3)), jnp.float32)
+  grad = jax.jit(jax.grad(lambda x: max_pool(x, 3, 2, padding=1).sum()))(x)
+  # each output window's maximum gets its gradient; torch pools the same windows
+  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2)).requires_grad_()
+  torch.nn.functional.max_pool2d(xt, 3, 2, 1).sum().backward()
+  np.testing.assert_allclose(grad, xt.grad.numpy().transpose(0, 2, 3, 1))
