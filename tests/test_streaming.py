@@ -104,6 +104,18 @@ def test_tfds_mock_source_streams_imagenet2012():
   assert train.mean == (0.485, 0.456, 0.406)
 
 
+def test_training_streams_tfds_mock_imagenet2012(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets', reason='the tfds source needs tensorflow-datasets')
+  from kdjax.config import validate
+  from kdjax.train.loop import train
+  c = streaming_config('', data__source='tfds', data__name='imagenet2012',
+                       train__batch_size=8, train__eval_batch_size=8, train__epochs=1)
+  with tfds.testing.mock_data(num_examples=16):
+    validate(c)
+    summary = train(c, str(tmp_path / 'run'))
+  assert np.isfinite(summary['test/loss']) and 0 <= summary['last_accuracy'] <= 1
+
+
 def test_bad_streaming_config_is_one_line(tmp_path):
   from kdjax.config import ConfigError, validate
   with pytest.raises(ConfigError, match="needs --config.data.path=FOLDER"):
@@ -115,6 +127,10 @@ def test_bad_streaming_config_is_one_line(tmp_path):
     validate(streaming_config(tmp_path, data__source='archive'))
   with pytest.raises(ConfigError, match="'data.train_crop'"):
     validate(streaming_config(tmp_path, data__train_crop='centre'))
+  with pytest.raises(ConfigError, match="'data.train_examples' subsets in-memory data only"):
+    validate(streaming_config(tmp_path, data__train_examples=10))
+  with pytest.raises(ConfigError, match="'data.pipeline' is 'disk'; accepted: memory, streaming"):
+    validate(streaming_config(tmp_path, data__pipeline='disk'))
 
 
 # --- transforms -------------------------------------------------------------------------
@@ -222,3 +238,71 @@ def test_training_through_the_stream_resumes_after_sigterm_onto_the_same_paramet
   _, got = export.load(os.path.join(work, 'model'))
   chex.assert_trees_all_equal(got['params'], want['params'])
   chex.assert_trees_all_equal(got['batch_stats'], want['batch_stats'])
+  # mode evaluate streams the val folder too: every image once, the run's own number
+  from kdjax.train.loop import evaluate_export
+  config.mode, config.evaluate.checkpoint = 'evaluate', work
+  result = evaluate_export(config)
+  assert result['examples'] == 10
+  assert result['accuracy/student'] == pytest.approx(ref['test/accuracy/student'])
+
+
+# --- two processes ------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_two_processes_stream_like_one(tmp_path):
+  """2 processes x 2 devices, each decoding only its rows, against 1 process x 4 devices:
+  the same batches (first-epoch loss to float32 rounding), the same evaluation over every
+  validation image once, parameters equal up to the order of cross-process sums."""
+  import json
+  import socket
+  import subprocess
+  import sys
+  from kdjax.train import export
+  root = write_image_folder(tmp_path / 'data', train_per_class=16)
+  flags = ['--config', 'configs/default.py', '--config.mode=train', '--config.model.name=resnet8',
+           '--config.data.pipeline=streaming', '--config.data.source=folder',
+           '--config.data.name=folder', f'--config.data.path={root}',
+           '--config.data.image_size=32', '--config.data.crop_padding=0',
+           '--config.data.workers=2', '--config.train.batch_size=8',
+           '--config.train.eval_batch_size=8', '--config.train.epochs=2',
+           '--config.optim.schedule=constant', '--config.train.progress=False']
+  pythonpath = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), REPO) if p)
+
+  def start(workdir, devices, extra):
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=pythonpath,
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    return subprocess.Popen([sys.executable, '-m', 'kdjax.main', *flags, '--workdir', workdir,
+                             *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  pair_dir, single_dir = str(tmp_path / 'pair'), str(tmp_path / 'single')
+  dist = ['--config.distributed.enabled=True', '--config.distributed.num_processes=2',
+          f'--config.distributed.coordinator=localhost:{port}', '--config.distributed.timeout=120']
+  procs = [start(pair_dir, 2, dist + [f'--config.distributed.process_id={p}']) for p in range(2)]
+  procs.append(start(single_dir, 4, []))
+  try:
+    outs = [p.communicate(timeout=900) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'in 2 processes' in outs[0][0]
+
+  def records(d):
+    with open(os.path.join(d, 'metrics.jsonl')) as f:
+      return [json.loads(line) for line in f]
+
+  pair, single = records(pair_dir), records(single_dir)
+  assert abs(pair[0]['train/loss'] - single[0]['train/loss']) <= 1e-5 * single[0]['train/loss']
+  assert pair[-1]['test/accuracy/student'] == single[-1]['test/accuracy/student']
+  _, a = export.load(single_dir)
+  _, b = export.load(pair_dir)
+  chex.assert_trees_all_close(a, b, rtol=1e-3, atol=1e-4)

@@ -301,6 +301,9 @@ def check_streaming(d: Any) -> None:
   if d.source not in STREAMING_SOURCES:
     raise DataError(f"data.pipeline 'streaming' reads data.source {', '.join(STREAMING_SOURCES)}; "
                     f'got {d.source!r}')
+  if d.train_examples:
+    raise DataError("config key 'data.train_examples' subsets in-memory data only; leave it 0 "
+                    "with data.pipeline 'streaming' (or point data.path at a smaller folder)")
   if d.train_crop not in TRAIN_CROPS:
     raise DataError(f"config key 'data.train_crop' is {d.train_crop!r}; accepted: "
                     f"{', '.join(TRAIN_CROPS)}")
