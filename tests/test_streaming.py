@@ -254,7 +254,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_two_processes_stream_like_one(tmp_path):
   """2 processes x 2 devices, each decoding only its rows, against 1 process x 4 devices:
-  the same batches (first-epoch loss to float32 rounding), the same evaluation over every
+  the same batches (one step per epoch, so the first epoch's loss is the first step's,
+  before any update: equal to float32 rounding), the same evaluation over every
   validation image once, parameters equal up to the order of cross-process sums."""
   import json
   import socket
@@ -266,7 +267,7 @@ def test_two_processes_stream_like_one(tmp_path):
            '--config.data.pipeline=streaming', '--config.data.source=folder',
            '--config.data.name=folder', f'--config.data.path={root}',
            '--config.data.image_size=32', '--config.data.crop_padding=0',
-           '--config.data.workers=2', '--config.train.batch_size=8',
+           '--config.data.workers=2', '--config.train.batch_size=32',
            '--config.train.eval_batch_size=8', '--config.train.epochs=2',
            '--config.optim.schedule=constant', '--config.train.progress=False']
   pythonpath = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), REPO) if p)
