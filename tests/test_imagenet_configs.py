@@ -112,3 +112,23 @@ def test_imagenet_config_trains_at_toy_size_through_the_stream(method, tmp_path)
   from kdjax.train import export
   meta = export.read_meta(str(tmp_path / 'run' / 'model'))
   assert meta['image_size'] == 32 and meta['teacher'] == 'imagenet_resnet34'
+
+
+@pytest.mark.slow
+def test_tiny_imagenet_config_trains_at_toy_size(tmp_path):
+  """configs/imagenet/teacher.py:tiny:... on a miniature Tiny-ImageNet folder (64x64)."""
+  from test_streaming import write_tiny_imagenet
+  from kdjax.train.loop import train
+  pytest.importorskip('grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
+  write_tiny_imagenet(tmp_path, train_per_class=8, val_per_class=3)
+  c = _module('teacher').get_config('tiny:imagenet_resnet18')
+  c.data.path, c.data.workers = str(tmp_path), 2
+  c.train.batch_size, c.train.eval_batch_size, c.train.epochs = 16, 8, 1
+  c.train.progress = False
+  validate(c)
+  summary = train(c, str(tmp_path / 'run'))
+  assert np.isfinite(summary['test/loss'])
+  from kdjax.train import export
+  meta = export.read_meta(str(tmp_path / 'run' / 'model'))
+  assert (meta['num_classes'], meta['image_size']) == (2, 64)
+  assert meta['mean'] == [0.4802, 0.4481, 0.3975]

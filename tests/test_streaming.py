@@ -67,24 +67,34 @@ def test_image_folder_lists_classes_labels_and_splits(tmp_path):
   assert isinstance(data, bytes) and label == 1
 
 
-def test_tiny_imagenet_layout(tmp_path):
-  root = tmp_path / 'tiny-imagenet-200'
-  wnids = ['n02', 'n01']  # wnids.txt is not sorted; classes are
+def write_tiny_imagenet(parent, wnids=('n02', 'n01'), train_per_class=3, val_per_class=1):
+  """A miniature of the published tiny-imagenet-200/ layout (64x64 JPEGs, one colour per
+  class); wnids.txt lists the classes unsorted, as the real file does."""
+  root = parent / 'tiny-imagenet-200'
   (root / 'val' / 'images').mkdir(parents=True)
   (root / 'wnids.txt').write_text('\n'.join(wnids) + '\n')
-  rows = []
-  for w in wnids:
+  rng, rows = np.random.default_rng(0), []
+  for c, w in enumerate(wnids):
     (root / 'train' / w / 'images').mkdir(parents=True)
-    for i in range(3):
-      Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / 'train' / w / 'images' / f'{w}_{i}.JPEG')
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / 'val' / 'images' / f'val_{w}.JPEG')
-    rows.append(f'val_{w}.JPEG\t{w}\t0\t0\t63\t63')
+    colour = np.array([255 * (c % 2), 128, 255 * (1 - c % 2)], np.float32)
+    image = lambda: Image.fromarray(
+        np.clip(colour + rng.normal(0, 30, (64, 64, 3)), 0, 255).astype(np.uint8))
+    for i in range(train_per_class):
+      image().save(root / 'train' / w / 'images' / f'{w}_{i}.JPEG')
+    for i in range(val_per_class):
+      image().save(root / 'val' / 'images' / f'val_{w}_{i}.JPEG')
+      rows.append(f'val_{w}_{i}.JPEG\t{w}\t0\t0\t63\t63')
   (root / 'val' / 'val_annotations.txt').write_text('\n'.join(rows) + '\n')
+  return root
+
+
+def test_tiny_imagenet_layout(tmp_path):
+  root = write_tiny_imagenet(tmp_path)
   train = streaming.tiny_imagenet(str(tmp_path), 'train')  # the parent folder works too
   val = streaming.tiny_imagenet(str(root), 'test')
   np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1, 1])
   assert all('/n01/' in f for f in train.files[:3])
-  assert [os.path.basename(f) for f in val.files] == ['val_n01.JPEG', 'val_n02.JPEG']
+  assert [os.path.basename(f) for f in val.files] == ['val_n01_0.JPEG', 'val_n02_0.JPEG']
   np.testing.assert_array_equal(val.labels, [0, 1])
   with pytest.raises(DataError, match='wnids.txt'):
     streaming.tiny_imagenet(str(tmp_path / 'tiny-imagenet-200' / 'train'), 'train')

@@ -114,8 +114,8 @@ def image_folder(root: str, split: str) -> FileSource:
   return FileSource(tuple(files), np.asarray(labels, np.int32))
 
 
-def tiny_imagenet(root: str, split: str) -> FileSource:
-  """Tiny-ImageNet's published layout (200 classes, 500 train / 50 val images each)."""
+def tiny_imagenet_classes(root: str) -> tuple[str, list[str]]:
+  """(the tiny-imagenet-200 folder, its sorted wnids) for that folder or its parent."""
   if os.path.isdir(os.path.join(root, 'tiny-imagenet-200')):
     root = os.path.join(root, 'tiny-imagenet-200')
   wnids_file = os.path.join(root, 'wnids.txt')
@@ -123,7 +123,12 @@ def tiny_imagenet(root: str, split: str) -> FileSource:
     raise DataError(f'{root!r} is not the tiny-imagenet-200/ folder (no wnids.txt); pass the '
                     'extracted tiny-imagenet-200.zip')
   with open(wnids_file) as f:
-    wnids = sorted(line.strip() for line in f if line.strip())
+    return root, sorted(line.strip() for line in f if line.strip())
+
+
+def tiny_imagenet(root: str, split: str) -> FileSource:
+  """Tiny-ImageNet's published layout (200 classes, 500 train / 50 val images each)."""
+  root, wnids = tiny_imagenet_classes(root)
   index = {w: i for i, w in enumerate(wnids)}
   files, labels = [], []
   if split == 'train':
@@ -314,8 +319,8 @@ def check_streaming(d: Any) -> None:
     if not d.path or not os.path.isdir(os.path.expanduser(d.path)):
       raise DataError(f"data.source {d.source!r} needs --config.data.path=FOLDER (got "
                       f'{d.path!r}, not a directory)')
-    if d.source == 'folder':
-      folder_classes(os.path.expanduser(d.path))
+    (folder_classes if d.source == 'folder' else tiny_imagenet_classes)(
+        os.path.expanduser(d.path))
   try:
     import grain  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
@@ -332,7 +337,8 @@ def load_streaming(d: Any, split: str, seed: int) -> StreamingSplit:
   else:
     source = image_folder(path, split) if d.source == 'folder' else tiny_imagenet(path, split)
     labels = source.labels
-    num_classes = 200 if d.source == 'tiny_imagenet' else len(folder_classes(path))
+    num_classes = len(tiny_imagenet_classes(path)[1] if d.source == 'tiny_imagenet'
+                      else folder_classes(path))
   mean, std = known_normalization(d.name) or IMAGENET_STATS
   t = Transform(d.image_size, split == 'train', d.train_crop, d.min_crop_scale,
                 d.eval_crop_fraction)
