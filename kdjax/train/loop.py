@@ -240,8 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                   config.data.flip)
   step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh,
                              skip_nonfinite=config.train.max_skipped_steps > 0)
-  k = chunk_size(steps_per_epoch, config.train.steps_per_call or (
-      1 if jax.devices()[0].platform == 'cpu' else 100))
+  k = chunk_size(steps_per_epoch, config.train.steps_per_call or (  # streamed: a call per batch
+      1 if jax.devices()[0].platform == 'cpu' or config.data.pipeline == 'streaming' else 100))
   train_chunk = build_train_chunk(step_fn, mesh, k, gather=train_feed.gather)
   evaluate = build_eval(student, method, method_cfg, data, mesh)
   eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
