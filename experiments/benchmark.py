@@ -95,7 +95,8 @@ def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
   teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, image_size, image_size, 3)),
                               train=False) if teacher else {}
   # the same construction as training (student, method variables, optimizer, state)
-  setup = build_run(config, num_classes, num_train, (image_size, image_size, 3), teacher, teacher_vars,
+  setup = build_run(config, num_classes, num_train, (image_size, image_size, 3), teacher,
+                    teacher_vars,
                     steps_per_epoch)
   student, tx, state = setup.student, setup.tx, setup.state
   mean, std = known_normalization('cifar100')
@@ -170,8 +171,8 @@ def run_train(config, batch, args, mesh, images, labels) -> dict[str, float]:
 def run_forward(name, batch, args, mesh, images) -> dict[str, float]:
   model = create_model(name, args.num_classes, DTYPES[args.dtype])
   size = args.image_size
-  variables = replicate(model.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)), train=False),
-                        mesh)
+  variables = replicate(model.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)),
+                                   train=False), mesh)
   mean, std = known_normalization('cifar100')
   fwd = jax.jit(lambda v, x: forward(model, v, normalize(x, mean, std)).logits)
   x = jax.device_put(images[:batch], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
@@ -234,9 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak['bfloat16'] = peak_flops(jnp.bfloat16, n)
   _say('peak ' + ', '.join(f'{k} {v / 1e12:.3f} TFLOP/s' for k, v in peak.items()))
   pk = peak.get(args.dtype, peak['float32'])
-  images = replicate(jax.random.bits(jax.random.PRNGKey(0),
-                                     (args.num_train, args.image_size, args.image_size, 3), jnp.uint8),
-                     mesh)
+  shape = (args.num_train, args.image_size, args.image_size, 3)
+  images = replicate(jax.random.bits(jax.random.PRNGKey(0), shape, jnp.uint8), mesh)
   labels = replicate(jax.random.randint(jax.random.PRNGKey(1), (args.num_train,), 0,
                                         args.num_classes, jnp.int32), mesh)
   rows = []

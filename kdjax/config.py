@@ -89,7 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 240
   c.train.batch_size = 64        # global batch, split over devices
   c.train.eval_batch_size = 256
-  c.train.steps_per_call = 0     # steps fused in one jitted scan; 0 = auto (1 on CPU or streaming, 100 else)
+  # steps fused in one jitted scan; 0 = auto (1 on CPU or when streaming, 100 else)
+  c.train.steps_per_call = 0
   c.train.eval_every = 1         # epochs
   c.train.progress = True
   c.train.max_skipped_steps = 0  # steps with a non-finite loss skipped before stopping

@@ -100,7 +100,8 @@ def toy(config, root, teacher):
 def test_imagenet_config_trains_at_toy_size_through_the_stream(method, tmp_path):
   from test_streaming import write_image_folder
   from kdjax.train.loop import train
-  pytest.importorskip('grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
+  pytest.importorskip(
+      'grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
   assert jax.device_count() == 8
   root = write_image_folder(tmp_path / 'data', classes=2, train_per_class=16, val_per_class=5)
   teacher = _teacher_export(str(tmp_path / 'teacher'), 'imagenet_resnet34')
@@ -119,7 +120,8 @@ def test_tiny_imagenet_config_trains_at_toy_size(tmp_path):
   """configs/imagenet/teacher.py:tiny:... on a miniature Tiny-ImageNet folder (64x64)."""
   from test_streaming import write_tiny_imagenet
   from kdjax.train.loop import train
-  pytest.importorskip('grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
+  pytest.importorskip(
+      'grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
   write_tiny_imagenet(tmp_path, train_per_class=8, val_per_class=3)
   c = _module('teacher').get_config('tiny:imagenet_resnet18')
   c.data.path, c.data.workers = str(tmp_path), 2

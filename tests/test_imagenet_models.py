@@ -11,7 +11,8 @@ import pytest
 
 from kdjax.models.torch_import import convert_state_dict
 
-torch = pytest.importorskip('torch', reason='the torch references need the optional extra kdjax[torch]')
+torch = pytest.importorskip('torch',
+                            reason='the torch references need the optional extra kdjax[torch]')
 tnn = torch.nn
 
 

@@ -17,7 +17,8 @@ from kdjax.data import streaming
 from kdjax.data.sources import DataError
 from kdjax.train.mesh import make_mesh
 
-grain = pytest.importorskip('grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
+grain = pytest.importorskip(
+    'grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
 
 SIZES = ((40, 52), (33, 30), (64, 48), (29, 61))  # (width, height): varied on purpose
 
@@ -101,7 +102,8 @@ def test_tiny_imagenet_layout(tmp_path):
 
 
 def test_tfds_mock_source_streams_imagenet2012():
-  tfds = pytest.importorskip('tensorflow_datasets', reason='the tfds source needs tensorflow-datasets')
+  tfds = pytest.importorskip('tensorflow_datasets',
+                             reason='the tfds source needs tensorflow-datasets')
   c = streaming_config('', data__source='tfds', data__name='imagenet2012', data__image_size=24)
   with tfds.testing.mock_data(num_examples=6):
     train = streaming.load_streaming(c.data, 'train', 0)
@@ -115,7 +117,8 @@ def test_tfds_mock_source_streams_imagenet2012():
 
 
 def test_training_streams_tfds_mock_imagenet2012(tmp_path):
-  tfds = pytest.importorskip('tensorflow_datasets', reason='the tfds source needs tensorflow-datasets')
+  tfds = pytest.importorskip('tensorflow_datasets',
+                             reason='the tfds source needs tensorflow-datasets')
   from kdjax.config import validate
   from kdjax.train.loop import train
   c = streaming_config('', data__source='tfds', data__name='imagenet2012',
@@ -354,7 +357,8 @@ def test_sigkill_and_restart_through_the_cli_ends_bitwise_equal(tmp_path):
     proc = subprocess.Popen(command(work), cwd=REPO, env=env, stdout=out,
                             stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 600
-  while proc.poll() is None and time.time() < deadline and 'kdjax: epoch 1/3' not in log.read_text():
+  while (proc.poll() is None and time.time() < deadline
+         and 'kdjax: epoch 1/3' not in log.read_text()):
     time.sleep(0.05)
   time.sleep(1.0)  # inside epoch 2 (8 steps of a few tenths of a second each)
   proc.send_signal(signal.SIGKILL)

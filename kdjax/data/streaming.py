@@ -185,7 +185,8 @@ def tfds_split(name: str, split: str, data_dir: str, manual_dir: str = ''
     except Exception as e:
       raise DataError(f'{name} is not prepared in {builder.data_dir} and preparing it failed '
                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
-                      'set --config.data.manual_dir to the folder with its downloaded files') from None
+                      'set --config.data.manual_dir to the folder with its downloaded files'
+                      ) from None
   info = builder.info
   image_key, label_key = info.supervised_keys or ('image', 'label')
   if split != 'train':
