@@ -217,6 +217,35 @@ def test_feed_batches_are_the_examples_sharded_over_8_devices(tmp_path):
   assert sorted(seen) == sorted(test.labels.tolist()) and len(seen) == len(test)
 
 
+def test_a_process_reads_only_the_rows_its_devices_hold(tmp_path, monkeypatch):
+  """Process 1 of 2 (owning mesh devices 4-7) decodes rows 4-7 of every batch and
+  nothing else, in the order of the batches (the join across processes is replaced by
+  returning the local rows)."""
+  from kdjax.train.feed import make_feed
+  from kdjax.train.loop import epoch_indices
+  root = write_image_folder(tmp_path)
+  train = _split(root)
+  read = []
+  original = streaming.FileSource.__getitem__
+
+  def recording(self, index):
+    read.append(int(index))
+    return original(self, index)
+
+  feed = make_feed('device', train, make_mesh(), workers=1)
+  feed._owners = [0] * 4 + [1] * 4  # pylint: disable=protected-access
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  monkeypatch.setattr(feed, '_global', lambda local, shape, spec: local)
+  monkeypatch.setattr(streaming.FileSource, '__getitem__', recording)
+  chunks = epoch_indices(0, 0, len(train), 8).reshape(-1, 1, 8)
+  batches = list(feed.epoch_inputs(0, chunks))
+  np.testing.assert_array_equal(read, chunks[:, :, 4:].reshape(-1))
+  for c, (images, labels, idx) in zip(chunks, batches):
+    chex.assert_shape(images, (1, 4, 32, 32, 3))
+    np.testing.assert_array_equal(idx, c[:, 4:])
+    np.testing.assert_array_equal(labels, train.labels[c[:, 4:]])
+
+
 def test_training_through_the_stream_resumes_after_sigterm_onto_the_same_parameters(tmp_path):
   """Preempted mid-epoch (SIGTERM while the feed is reading), then run again: the final
   parameters equal an uninterrupted run's bitwise, so the resumed run saw the same batches."""
