@@ -3,8 +3,10 @@ the torchvision crops, the per-process feed on 8 simulated devices, and training
 it with a preemption that resumes onto bitwise the same parameters."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import sys
 
 import chex
 import jax
@@ -17,8 +19,10 @@ from kdjax.data import streaming
 from kdjax.data.sources import DataError
 from kdjax.train.mesh import make_mesh
 
-grain = pytest.importorskip(
-    'grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
+# the sources and crops are plain numpy / PIL; the feed and anything training needs grain
+needs_grain = pytest.mark.skipif(
+    importlib.util.find_spec('grain') is None,
+    reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
 
 SIZES = ((40, 52), (33, 30), (64, 48), (29, 61))  # (width, height): varied on purpose
 
@@ -116,6 +120,7 @@ def test_tfds_mock_source_streams_imagenet2012():
   assert train.mean == (0.485, 0.456, 0.406)
 
 
+@needs_grain
 def test_training_streams_tfds_mock_imagenet2012(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets',
                              reason='the tfds source needs tensorflow-datasets')
@@ -129,7 +134,7 @@ def test_training_streams_tfds_mock_imagenet2012(tmp_path):
   assert np.isfinite(summary['test/loss']) and 0 <= summary['last_accuracy'] <= 1
 
 
-def test_bad_streaming_config_is_one_line(tmp_path):
+def test_bad_streaming_config_is_one_line(tmp_path, monkeypatch):
   from kdjax.config import ConfigError, validate
   with pytest.raises(ConfigError, match="needs --config.data.path=FOLDER"):
     validate(streaming_config(tmp_path / 'missing'))
@@ -144,6 +149,10 @@ def test_bad_streaming_config_is_one_line(tmp_path):
     validate(streaming_config(tmp_path, data__train_examples=10))
   with pytest.raises(ConfigError, match="'data.pipeline' is 'disk'; accepted: memory, streaming"):
     validate(streaming_config(tmp_path, data__pipeline='disk'))
+  root = write_image_folder(tmp_path / 'ok', train_per_class=1, val_per_class=1)
+  monkeypatch.setitem(sys.modules, 'grain', None)  # as if it were not installed
+  with pytest.raises(ConfigError, match=r"needs grain: pip install 'kdjax\[streaming\]'"):
+    validate(streaming_config(root))
 
 
 # --- transforms -------------------------------------------------------------------------
@@ -187,6 +196,7 @@ def test_examples_depend_only_on_seed_epoch_index(tmp_path):
 
 # --- the feed -----------------------------------------------------------------------------
 
+@needs_grain
 def test_feed_batches_are_the_examples_sharded_over_8_devices(tmp_path):
   from kdjax.train.feed import make_feed
   from kdjax.train.loop import epoch_indices, eval_indices
@@ -217,6 +227,7 @@ def test_feed_batches_are_the_examples_sharded_over_8_devices(tmp_path):
   assert sorted(seen) == sorted(test.labels.tolist()) and len(seen) == len(test)
 
 
+@needs_grain
 def test_a_process_reads_only_the_rows_its_devices_hold(tmp_path, monkeypatch):
   """Process 1 of 2 (owning mesh devices 4-7) decodes rows 4-7 of every batch and
   nothing else, in the order of the batches (the join across processes is replaced by
@@ -246,6 +257,7 @@ def test_a_process_reads_only_the_rows_its_devices_hold(tmp_path, monkeypatch):
     np.testing.assert_array_equal(labels, train.labels[c[:, 4:]])
 
 
+@needs_grain
 def test_training_through_the_stream_resumes_after_sigterm_onto_the_same_parameters(tmp_path):
   """Preempted mid-epoch (SIGTERM while the feed is reading), then run again: the final
   parameters equal an uninterrupted run's bitwise, so the resumed run saw the same batches."""
@@ -294,6 +306,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
+@needs_grain
 def test_two_processes_stream_like_one(tmp_path):
   """2 processes x 2 devices, each decoding only its rows, against 1 process x 4 devices:
   the same batches (one step per epoch, so the first epoch's loss is the first step's,
@@ -302,7 +315,6 @@ def test_two_processes_stream_like_one(tmp_path):
   import json
   import socket
   import subprocess
-  import sys
   from kdjax.train import export
   root = write_image_folder(tmp_path / 'data', train_per_class=16)
   flags = ['--config', 'configs/default.py', '--config.mode=train', '--config.model.name=resnet8',
@@ -352,12 +364,12 @@ def test_two_processes_stream_like_one(tmp_path):
 
 
 @pytest.mark.slow
+@needs_grain
 def test_sigkill_and_restart_through_the_cli_ends_bitwise_equal(tmp_path):
   """The CLI killed (SIGKILL) inside the second epoch and restarted with the same command
   resumes from the last checkpoint onto the same batches: final parameters bitwise equal
   to an uninterrupted run's."""
   import subprocess
-  import sys
   import time
   from kdjax.train import export
   root = write_image_folder(tmp_path / 'data', train_per_class=16)
