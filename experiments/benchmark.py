@@ -60,6 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--models', default='', help='comma list of models to time alone')
   p.add_argument('--batch_sizes', default='64', help='batches of the --models rows')
   p.add_argument('--dtype', default='float32', choices=sorted(DTYPES))
+  p.add_argument('--image_size', type=int, default=32, help='input S (224 for ImageNet models)')
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--steps', type=int, default=20, help='timed calls; the median is reported')
   p.add_argument('--matmul_size', type=int, default=0, help='0: 2048 on CPU, 8192 else')
@@ -91,16 +92,17 @@ def method_config(name: str, teacher: str, student: str, dtype: str) -> ml_colle
 
 
 def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
-               num_train: int, mesh) -> tuple[Callable, TrainState, Any]:
+               num_train: int, mesh, image_size: int = 32) -> tuple[Callable, TrainState, Any]:
   """The jitted one-step chunk, its initial state and the teacher variables."""
   method, method_cfg = method_for(config)
   dtype = DTYPES[config.model.dtype]
   steps_per_epoch = max(num_train // batch, 1)
   teacher = create_model(config.teacher.model, num_classes, dtype) if method.needs_teacher else None
-  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)),
+  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, image_size, image_size, 3)),
                               train=False) if teacher else {}
   # the same construction as training (student, method variables, optimizer, state)
-  setup = build_run(config, num_classes, num_train, (32, 32, 3), teacher, teacher_vars,
+  setup = build_run(config, num_classes, num_train, (image_size, image_size, 3), teacher,
+                    teacher_vars,
                     steps_per_epoch)
   student, tx, state = setup.student, setup.tx, setup.state
   mean, std = known_normalization('cifar100')
@@ -162,7 +164,8 @@ def peak_flops(dtype, n: int, reps: int = 5) -> float:
 
 
 def run_train(config, batch, args, mesh, images, labels) -> dict[str, float]:
-  chunk, state, teacher_vars = build_case(config, batch, args.num_classes, args.num_train, mesh)
+  chunk, state, teacher_vars = build_case(config, batch, args.num_classes, args.num_train, mesh,
+                                          args.image_size)
   idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
   idx = [jax.device_put(jax.random.randint(jax.random.PRNGKey(i), (1, batch), 0, args.num_train),
                         idx_sharding) for i in range(args.warmup + args.steps + 1)]
@@ -173,8 +176,9 @@ def run_train(config, batch, args, mesh, images, labels) -> dict[str, float]:
 
 def run_forward(name, batch, args, mesh, images) -> dict[str, float]:
   model = create_model(name, args.num_classes, DTYPES[args.dtype])
-  variables = replicate(model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False),
-                        mesh)
+  size = args.image_size
+  variables = replicate(model.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)),
+                                   train=False), mesh)
   mean, std = known_normalization('cifar100')
   fwd = jax.jit(lambda v, x: forward(model, v, normalize(x, mean, std)).logits)
   x = jax.device_put(images[:batch], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak['bfloat16'] = peak_flops(jnp.bfloat16, n)
   _say('peak ' + ', '.join(f'{k} {v / 1e12:.3f} TFLOP/s' for k, v in peak.items()))
   pk = peak.get(args.dtype, peak['float32'])
-  images = replicate(jax.random.bits(jax.random.PRNGKey(0), (args.num_train, 32, 32, 3), jnp.uint8),
-                     mesh)
+  shape = (args.num_train, args.image_size, args.image_size, 3)
+  images = replicate(jax.random.bits(jax.random.PRNGKey(0), shape, jnp.uint8), mesh)
   labels = replicate(jax.random.randint(jax.random.PRNGKey(1), (args.num_train,), 0,
                                         args.num_classes, jnp.int32), mesh)
   rows = []
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 + (f', {os.cpu_count()} host CPUs' if platform == 'cpu' else '')},
       'jax_version': jax.__version__, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
       'git_commit': git_commit(), 'command': shlex.join(['python', 'experiments/benchmark.py'] + argv),
-      'inputs': INPUTS, 'teacher_weights': 'random init', 'dtype': args.dtype,
+      'inputs': f'{INPUTS}, {args.image_size}x{args.image_size}', 'teacher_weights': 'random init', 'dtype': args.dtype,
       'teacher': args.teacher, 'student': args.student, 'batch': args.batch,
       'num_classes': args.num_classes, 'num_train': args.num_train,
       'warmup': args.warmup, 'steps': args.steps, 'step_statistic': 'median',

@@ -16,6 +16,7 @@ import ml_collections
 
 MODES = ('train', 'distill', 'evaluate', 'pipeline', 'transfer', 'datafree')
 FEEDS = ('auto', 'device', 'host')
+PIPELINES = ('memory', 'streaming')
 SCHEDULES = ('multistep', 'cosine', 'constant')
 DTYPES = ('float32', 'bfloat16')
 
@@ -46,6 +47,16 @@ def base_config() -> ml_collections.ConfigDict:
   # host: each process gathers its rows of every batch on the host and sends them;
   # auto: device with one process, host with several
   c.data.feed = 'auto'
+  # memory: whole splits as arrays (above); streaming: examples read, decoded and cropped
+  # on the hosts in parallel workers (kdjax.data.streaming; sources folder,
+  # tiny_imagenet, tfds), for datasets larger than memory
+  c.data.pipeline = 'memory'
+  c.data.train_crop = 'random_resized'  # streaming train crop: random_resized | resize
+  c.data.min_crop_scale = 0.08   # smallest area fraction of a random-resized crop
+  c.data.eval_crop_fraction = 0.875  # streaming eval: centre crop of the resized image (224/256)
+  c.data.workers = 0             # streaming decode threads per process; 0 = CPU count
+  c.data.prefetch = 0            # streaming examples decoded ahead; 0 = two calls' worth
+  c.data.manual_dir = ''         # tfds manual-download dir (imagenet2012's tars)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet8x4'     # the model being trained (student in distill mode)
@@ -81,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 240
   c.train.batch_size = 64        # global batch, split over devices
   c.train.eval_batch_size = 256
-  c.train.steps_per_call = 0     # steps fused in one jitted scan; 0 = auto (1 on CPU, 100 else)
+  # steps fused in one jitted scan; 0 = auto (1 on CPU or when streaming, 100 else)
+  c.train.steps_per_call = 0
   c.train.eval_every = 1         # epochs
   c.train.progress = True
   c.train.max_skipped_steps = 0  # steps with a non-finite loss skipped before stopping
@@ -183,6 +195,7 @@ _RANGES = (
     (('data.crop_padding', 'optim.weight_decay', 'method.gamma', 'method.alpha',
       'method.beta', 'train.max_skipped_steps'), lambda v: v >= 0, '>= 0'),
     (('data.train_examples',), lambda v: v >= 0, '>= 0 (0 = the whole split)'),
+    (('data.workers', 'data.prefetch'), lambda v: v >= 0, '>= 0 (0 = automatic)'),
     (('train.steps_per_call',), lambda v: v >= 0, '>= 0 (0 = automatic)'),
     (('optim.momentum',), lambda v: 0 <= v < 1, 'in [0, 1) (0 = plain SGD)'),
 )
@@ -252,8 +265,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if any(b <= a for a, b in zip(m, m[1:])) or any(not isinstance(x, (int, float)) for x in m):
     raise ConfigError(f"config key 'optim.milestones' must be increasing epochs, got "
                       f"{tuple(config.optim.milestones)}")
+  _one_of('data.pipeline', config.data.pipeline, PIPELINES)
   try:
-    check_source(config.data.name, config.data.source, config.data.path)
+    if config.data.pipeline == 'streaming':
+      from kdjax.data.streaming import check_streaming
+      check_streaming(config.data)
+    else:
+      check_source(config.data.name, config.data.source, config.data.path)
   except DataError as e:
     raise ConfigError(str(e)) from None
 

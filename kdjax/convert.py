@@ -2,6 +2,8 @@
 
   python -m kdjax.convert --torch_checkpoint cifar100_resnet56.pth --model resnet56 \\
       --num_classes 100 --dataset cifar100 --out teachers/resnet56
+  python -m kdjax.convert --torch_checkpoint resnet34-b627a593.pth --model imagenet_resnet34 \\
+      --num_classes 1000 --dataset imagenet2012 --image_size 224 --out teachers/resnet34
 
 The export (``kdjax_model.json`` + orbax ``variables/``) is what
 ``--config.teacher.checkpoint`` and ``--config.evaluate.checkpoint`` accept. Reading
@@ -23,6 +25,8 @@ _DATASET = flags.DEFINE_string('dataset', 'cifar100', 'Dataset whose normalisati
                                'network was trained with (recorded in the export).')
 _MEAN = flags.DEFINE_list('mean', None, 'Per-channel mean overriding the dataset\'s.')
 _STD = flags.DEFINE_list('std', None, 'Per-channel std overriding the dataset\'s.')
+_SIZE = flags.DEFINE_integer('image_size', 32, 'Input size the network was trained on '
+                             '(recorded in the export; 224 for ImageNet models).')
 
 
 def _fail(message: str) -> None:
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> None:
                            'batch_stats': variables.get('batch_stats', {}), 'method': {}},
               {'model': _MODEL.value, 'num_classes': _CLASSES.value, 'method': 'ce',
                'dataset': _DATASET.value, 'mean': list(mean), 'std': list(std),
-               'image_size': 32, 'converted_from': os.path.abspath(_CKPT.value)})
+               'image_size': _SIZE.value, 'converted_from': os.path.abspath(_CKPT.value)})
   print(f'kdjax: wrote {_MODEL.value} ({_CLASSES.value} classes) from {_CKPT.value} to '
         f'{os.path.abspath(_OUT.value)}', flush=True)
 

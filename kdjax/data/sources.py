@@ -53,9 +53,16 @@ _CIFAR_STATS = {
 }
 
 
+# torchvision's ImageNet constants (also the default of streamed image folders) and
+# Tiny-ImageNet's (methods.md §8)
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_LARGE_STATS = {'imagenet2012': IMAGENET_STATS, 'imagenet': IMAGENET_STATS,
+                'tiny_imagenet': ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))}
+
+
 def known_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
   """The customary (mean, std) of a dataset, if kdjax knows one."""
-  return _CIFAR_STATS.get(name)
+  return _LARGE_STATS.get(name) or _CIFAR_STATS.get(name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,7 +137,9 @@ def max_pool(x: jax.Array, kernel: int, stride: int | None = None, padding: int 
   stride = kernel if stride is None else stride
   pads = ((0, 0), _pool_pads(x.shape[1], kernel, stride, padding, ceil_mode),
           _pool_pads(x.shape[2], kernel, stride, padding, ceil_mode), (0, 0))
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+  # a numpy (concrete) init lets jax see the max monoid; a jnp constant traced under jit
+  # makes it a generic reduce_window, which has no reverse-mode derivative
+  return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max,
                                (1, kernel, kernel, 1), (1, stride, stride, 1), pads)
 
 

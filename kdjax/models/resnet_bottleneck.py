@@ -18,6 +18,7 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  shortcut: str = 'shortcut'  # torch name of the projection (torchvision: 'downsample')
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -29,8 +30,8 @@ class Bottleneck(nn.Module):
     out = conv(out_planes, 1, 1, padding=0, dtype=self.dtype, name='conv3')(out)
     out = BatchNorm(dtype=self.dtype, name='bn3')(out, train)
     if self.stride != 1 or x.shape[-1] != out_planes:
-      x = conv(out_planes, 1, self.stride, padding=0, dtype=self.dtype, name='shortcut_0')(x)
-      x = BatchNorm(dtype=self.dtype, name='shortcut_1')(x, train)
+      x = conv(out_planes, 1, self.stride, padding=0, dtype=self.dtype, name=f'{self.shortcut}_0')(x)
+      x = BatchNorm(dtype=self.dtype, name=f'{self.shortcut}_1')(x, train)
     preact = out + x
     return nn.relu(preact), preact
 

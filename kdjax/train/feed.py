@@ -108,5 +108,20 @@ class HostFeed:
              self._global(m[rows], m.shape, spec))
 
 
-def make_feed(kind: str, ds: ArrayDataset, mesh: Mesh) -> DeviceFeed | HostFeed:
+def make_feed(kind: str, ds: ArrayDataset, mesh: Mesh, workers: int = 0, prefetch: int = 0
+              ) -> DeviceFeed | HostFeed:
+  """The feed for ``ds``; a streamed split (``data.pipeline='streaming'``) always gets the
+  streaming feed (``kdjax.train.stream_feed``), which reads its rows from the source."""
+  from kdjax.data.streaming import StreamingSplit  # pylint: disable=import-outside-toplevel
+  if isinstance(ds, StreamingSplit):
+    from kdjax.train.stream_feed import StreamingFeed  # pylint: disable=import-outside-toplevel
+    return StreamingFeed(ds, mesh, workers, prefetch)
   return {'device': DeviceFeed, 'host': HostFeed}[kind](ds, mesh)
+
+
+def epoch_inputs(feed, epoch: int, chunks: np.ndarray) -> Iterator[Batch]:
+  """The chunk inputs of one epoch's (C, K, B) indices, in order; a feed that reads ahead
+  (streaming) is given the whole epoch at once."""
+  if hasattr(feed, 'epoch_inputs'):
+    return feed.epoch_inputs(epoch, chunks)
+  return (feed.chunk_inputs(c) for c in chunks)

@@ -25,9 +25,10 @@ from kdjax.methods import InitContext
 from kdjax.models import create_model
 from kdjax.train import export, transfer
 from kdjax.train.checkpoint import Checkpoints
-from kdjax.train.feed import make_feed, resolve_feed
+from kdjax.train.feed import epoch_inputs, make_feed, resolve_feed
 from kdjax.train.mesh import is_main_process, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, plot_curves
+from kdjax.train.stream_feed import image_shape, streaming_splits
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step, forward
 
@@ -94,6 +95,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDataset]:
   d = config.data
+  if d.pipeline == 'streaming':  # read example by example (kdjax.data.streaming)
+    return streaming_splits(config, ('train', 'test'))
   kwargs = dict(source=d.source, path=d.path, image_size=d.image_size,
                 fake_examples=d.fake_examples, fake_classes=d.fake_classes, seed=config.seed)
   train_ds = load_split(d.name, 'train', **kwargs)
@@ -216,7 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if method.needs_teacher:
     teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
 
-  setup = build_run(config, num_classes, len(train_ds), train_ds.images.shape[1:], teacher,
+  setup = build_run(config, num_classes, len(train_ds), image_shape(train_ds), teacher,
                     teacher_vars, steps_per_epoch, train_labels=train_ds.labels,
                     backbone=backbone)
   student, schedule, tx = setup.student, setup.schedule, setup.tx
@@ -232,15 +235,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     _print(f'kdjax: resuming {workdir} from step {int(state.step)}')
 
   feed_kind = resolve_feed(config.data.feed, jax.process_count())
-  train_feed = make_feed(feed_kind, train_ds, mesh)
-  test_feed = make_feed(feed_kind, test_ds, mesh)
+  train_feed = make_feed(feed_kind, train_ds, mesh, config.data.workers, config.data.prefetch)
+  test_feed = make_feed(feed_kind, test_ds, mesh, config.data.workers, config.data.prefetch)
   teacher_vars = replicate(teacher_vars, mesh)
   data = DataSpec(*transfer.normalization(train_ds, backbone), config.data.crop_padding,
                   config.data.flip)
   step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh,
                              skip_nonfinite=config.train.max_skipped_steps > 0)
-  k = chunk_size(steps_per_epoch, config.train.steps_per_call or (
-      1 if jax.devices()[0].platform == 'cpu' else 100))
+  k = chunk_size(steps_per_epoch, config.train.steps_per_call or (  # streamed: a call per batch
+      1 if jax.devices()[0].platform == 'cpu' or config.data.pipeline == 'streaming' else 100))
   train_chunk = build_train_chunk(step_fn, mesh, k, gather=train_feed.gather)
   evaluate = build_eval(student, method, method_cfg, data, mesh)
   eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
@@ -272,7 +275,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   def export_meta(step: int, accuracy: float) -> dict[str, Any]:
     return {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
             'dataset': config.data.name, 'mean': list(data.mean), 'std': list(data.std),
-            'image_size': int(train_ds.images.shape[1]), 'test_accuracy': accuracy,
+            'image_size': int(image_shape(train_ds)[0]), 'test_accuracy': accuracy,
             'step': step,
             'teacher': teacher_meta['model'] if teacher_meta else None,
             'method_config': method_cfg.to_dict(), **transfer.export_fields(backbone)}
@@ -304,8 +307,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       epoch_metrics: list[dict[str, np.ndarray]] = []
       t_epoch = time.time()
       pending = None
-      for c in chunks:
-        state, metrics = train_chunk(state, teacher_vars, *train_feed.chunk_inputs(c))
+      for inputs in epoch_inputs(train_feed, epoch, chunks):
+        state, metrics = train_chunk(state, teacher_vars, *inputs)
         if pending is not None:  # read the previous call while this one runs
           epoch_metrics.append(jax.device_get(pending))
           progress.update(k)
@@ -421,9 +424,10 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
   mesh = make_mesh()
   meta, variables = export.load(config.evaluate.checkpoint)
   d = config.data
-  ds = load_split(d.name, config.evaluate.split, source=d.source, path=d.path,
-                  image_size=d.image_size, fake_examples=d.fake_examples,
-                  fake_classes=d.fake_classes, seed=config.seed)
+  ds = streaming_splits(config, (config.evaluate.split,))[0] if d.pipeline == 'streaming' else (
+      load_split(d.name, config.evaluate.split, source=d.source, path=d.path,
+                 image_size=d.image_size, fake_examples=d.fake_examples,
+                 fake_classes=d.fake_classes, seed=config.seed))
   if meta['num_classes'] != ds.num_classes:
     raise ConfigError(f"config key 'evaluate.checkpoint': the model predicts "
                       f"{meta['num_classes']} classes but {d.name} has {ds.num_classes}")
@@ -442,7 +446,8 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     'method': m.get('batch_stats', {})},
                     'method_state': m.get('state', {})}, mesh)
   idx, mask = eval_indices(len(ds), config.train.eval_batch_size)
-  feed = make_feed(resolve_feed(config.data.feed, jax.process_count()), ds, mesh)
+  feed = make_feed(resolve_feed(config.data.feed, jax.process_count()), ds, mesh,
+                   config.data.workers, config.data.prefetch)
   sums = _to_host(evaluate(full, feed.eval_batches(idx, mask)))
   count = float(sums.pop('count'))
   result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
