@@ -51,7 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--num_classes', type=int, default=100)
   p.add_argument('--pool', type=int, default=4096, help='pool rows for the student step')
   p.add_argument('--dict_pool', type=int, default=50000, help='pool rows KDCI clusters')
-  p.add_argument('--scan', type=int, default=2, help='inner steps fused in the scan row')
+  p.add_argument('--scan', type=int, default=2,
+                 help='inner steps fused in the scan row; 0 = no scan row (on the CPU a '
+                      'scan of big models takes hours)')
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--out', default='')
@@ -99,7 +101,7 @@ def synthesis_row(method: str, teacher_name: str, student_name: str, args, mesh)
   key, rnd = jax.random.PRNGKey(4), jnp.asarray(0, jnp.int32)
   row: dict[str, Any] = {'pair': f'{teacher_name}->{student_name}', 'method': method,
                          'g_steps': g_steps, 'batch': args.batch}
-  for per_call in (1, args.scan):
+  for per_call in (1, args.scan) if args.scan else (1,):
     rnd_fn = datafree.build_synthesize(synth, ctx, max(per_call, g_steps), per_call)
     carry = rnd_fn.begin(state, key, rnd)
     t = time.perf_counter()
@@ -115,12 +117,13 @@ def synthesis_row(method: str, teacher_name: str, student_name: str, args, mesh)
   begin_s = _timed(rnd_fn.begin, state, key, rnd, reps=args.steps)
   carry = rnd_fn.begin(state, key, rnd)
   finish_s = _timed(rnd_fn.finish, state, carry, reps=args.steps)
-  best = min(row['inner_1_step_s'], row[f'inner_{args.scan}_step_s'])
+  scan_s = row.get(f'inner_{args.scan}_step_s', float('inf'))
+  best = min(row['inner_1_step_s'], scan_s)
   row['round_s'] = begin_s + finish_s + g_steps * best
   images = args.batch * (c.datafree.kd_steps if synth.fresh_pool else 1)
   row['synth_images_per_s'] = images / row['round_s']
-  row['faster'] = 'per-step calls' if row['inner_1_step_s'] <= row[
-      f'inner_{args.scan}_step_s'] else f'scan of {args.scan}'
+  row['faster'] = ('not compared' if not args.scan else 'per-step calls'
+                   if row['inner_1_step_s'] <= scan_s else f'scan of {args.scan}')
   row['peak_memory_bytes'] = peak_memory()[0]
   return row
 
@@ -149,7 +152,9 @@ def student_rows(method: str, teacher_name: str, student_name: str, args, mesh) 
     state, t_vars = replicate(setup.state, mesh), replicate(t_vars, mesh)
     res = measure(chunk, (state, t_vars, images, labels, idx[0]),
                   lambda a, o, i: (o[0], a[1], a[2], a[3], idx[i + 1]), args.warmup, args.steps)
-    out['kdci_step_s' if kdci else 'student_step_s'] = res['step_s']
+    name = 'kdci' if kdci else 'student'
+    out[f'{name}_step_s'] = res['step_s']
+    out[f'{name}_step_temp_bytes'] = res['xla_temp_bytes']
     if kdci:
       pool = datafree.init_pool(args.dict_pool, (32, 32, 3), args.num_classes,
                                 int(jax.eval_shape(lambda v, x: teacher.apply(v, x), t_vars,
@@ -168,17 +173,21 @@ def markdown(result: dict) -> str:
            f"{result['provenance']['date']}. Inputs: {INPUTS}.", '',
            '| pair | method | g_steps | batch | inner step, 1/call (s) | inner step, in a scan '
            '(s) | faster | synth img/s | student step (s) | +KDCI step (s) | KDCI rebuild (s) '
-           '| KDCI extra time per round |', '|' + '---|' * 12]
+           '| KDCI extra time per round | KDCI extra step memory |', '|' + '---|' * 13]
   scan_key = f"inner_{result['scan']}_step_s"
   for r in result['rows']:
+    scan = f'{r[scan_key]:.3f}' if scan_key in r else '-'
+    mem = (r['kdci_step_temp_bytes'] - r['student_step_temp_bytes']) / max(
+        r['student_step_temp_bytes'], 1)
     lines.append(
         f"| {r['pair']} | {r['method']} | {r['g_steps']} | {r['batch']} | "
-        f"{r['inner_1_step_s']:.3f} | {r[scan_key]:.3f} | {r['faster']} | "
+        f"{r['inner_1_step_s']:.3f} | {scan} | {r['faster']} | "
         f"{r['synth_images_per_s']:.2f} | {r['student_step_s']:.3f} | {r['kdci_step_s']:.3f} | "
-        f"{r['kdci_rebuild_s']:.2f} | {100 * r['kdci_extra']:.1f}% |")
+        f"{r['kdci_rebuild_s']:.2f} | {100 * r['kdci_extra']:.1f}% | {100 * mem:+.1f}% |")
   lines += ['', 'KDCI extra time per round = (kd_steps x (KDCI step - student step) + one '
             'rebuild) / (synthesis round + kd_steps x student step), with the configs\' '
-            'kd_steps and a rebuild every round (`dict_every` = 1).']
+            'kd_steps and a rebuild every round (`dict_every` = 1). KDCI extra step memory: '
+            'XLA scratch of the student step with KDCI over without.']
   return '\n'.join(lines) + '\n'
 
 
