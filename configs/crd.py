@@ -1,6 +1,7 @@
 """CRD and CRD+KD on the CIFAR-100 tables (methods.md §1-2): CRD ``gamma=1, alpha=0,
 beta=0.8``; the ``+kd`` suffix gives CRD+KD ``alpha=1`` (same method, other weights).
-16384 uniform negatives, NCE temperature 0.07, memory momentum 0.5.
+16384 negatives from the other classes without replacement (RepDistiller's
+default exact mode), NCE temperature 0.07, memory momentum 0.5.
 
   python -m kdjax.main --config configs/crd.py:resnet56-resnet20 ...
   python -m kdjax.main --config configs/crd.py:resnet56-resnet20+kd ...
@@ -25,5 +26,5 @@ def get_config(arg: str = 'resnet32x4-resnet8x4'):
   c.method.beta = 0.8
   c.method.temperature = 4.0
   c.method.crd.negatives = 16384
-  c.method.crd.sampling = 'uniform'
+  c.method.crd.sampling = 'other_class'
   return c

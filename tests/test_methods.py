@@ -277,8 +277,10 @@ def test_crd_memory_changes_only_at_batch_indices():
   crd = methods.get_method('crd')
   rng = np.random.default_rng(1)
   s, t = pooled_outputs(rng, 8, 4, 6, 10)
-  mvars = crd.init(InitContext(jax.random.PRNGKey(0), s, t, 4, 40, cfg))
+  train_labels = np.arange(40) % 4
+  mvars = crd.init(InitContext(jax.random.PRNGKey(0), s, t, 4, 40, cfg, train_labels))
   assert mvars.state['memory_s'].shape == (40, 8) and float(mvars.state['z_s']) < 0
+  np.testing.assert_array_equal(mvars.state['labels'], train_labels)  # other-class sampler
   idx = np.array([3, 7, 11, 12, 20, 25, 31, 39], np.int32)
   batch = batch_of([0, 1, 2, 3, 0, 1, 2, 3], idx)
   loss = jax.jit(lambda v, key: crd.loss(v, s, t, batch, key, jnp.int32(0), cfg))
@@ -295,9 +297,30 @@ def test_crd_memory_changes_only_at_batch_indices():
   again, other_key = loss(mvars, jax.random.PRNGKey(5)), loss(mvars, jax.random.PRNGKey(6))
   nce = lambda o: float(o.metrics['crd/nce'])
   assert nce(again) == nce(out) and nce(other_key) != nce(out)
+  with pytest.raises(ValueError, match='training labels'):
+    crd.init(InitContext(jax.random.PRNGKey(0), s, t, 4, 40, cfg))
   with pytest.raises(ValueError, match='sampling'):
     crd.init(InitContext(jax.random.PRNGKey(0), s, t, 4, 40,
-                         method_config('crd', sampling='other_class')))
+                         method_config('crd', sampling='exact')))
+
+
+def test_crd_default_sampling_is_other_class_without_replacement():
+  """RepDistiller's default --mode exact (methods.md §2): with the labels the method
+  samples other-class negatives without replacement; with more negatives than some
+  class's other-class examples, with replacement; 'uniform' keeps the old sampler."""
+  assert methods.get_method('crd').default_config().sampling == 'other_class'
+  from configs import crd as crd_config
+  assert crd_config.get_config('resnet56-resnet20').method.crd.sampling == 'other_class'
+  crd = methods.get_method('crd')
+  s, t = pooled_outputs(np.random.default_rng(1), 8, 4, 6, 10)
+  labels = np.arange(40) % 4
+  state = lambda k, sampling='other_class': crd.init(InitContext(
+      jax.random.PRNGKey(0), s, t, 4, 40, method_config('crd', negatives=k, feat_dim=8,
+                                                        sampling=sampling), labels)).state
+  exact, with_replacement, uniform = state(30), state(31), state(30, 'uniform')
+  assert exact['window'].shape == (40,) and 'order' not in exact
+  assert 'order' in with_replacement and 'window' not in with_replacement
+  assert not {'labels', 'window', 'order'} & set(uniform)
 
 
 def test_fitnet_regressor_trains_and_updates_its_batch_stats():

@@ -5,7 +5,8 @@ from kdjax.losses.cid import (ContextAccumulator, InterventionalHead, SampleRegr
                               context_finalize, init_context_accumulator, interventional_logits,
                               normalized_mse)
 from kdjax.losses.crd import (CRDMemory, Embed, contrast_loss, crd_loss, crd_scores,
-                              init_crd_memory, sample_negatives, sample_negatives_other_class,
+                              init_crd_memory, negative_window, sample_negatives,
+                              sample_negatives_exact, sample_negatives_other_class,
                               update_memory)
 from kdjax.losses.fitnet import ConvRegressor, hint_loss
 from kdjax.losses.icd import ICDHeads, icd_logits, icd_loss
@@ -18,7 +19,8 @@ __all__ = [
     'class_gram_loss', 'class_gram_terms', 'context_accumulate', 'context_finalize',
     'init_context_accumulator', 'interventional_logits', 'normalized_mse',
     'CRDMemory', 'Embed', 'contrast_loss', 'crd_loss', 'crd_scores', 'init_crd_memory',
-    'sample_negatives', 'sample_negatives_other_class', 'update_memory',
+    'negative_window', 'sample_negatives', 'sample_negatives_exact',
+    'sample_negatives_other_class', 'update_memory',
     'ConvRegressor', 'hint_loss',
     'ICDHeads', 'icd_logits', 'icd_loss',
     'cross_entropy', 'kl_div_loss',
