@@ -95,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (the target dataset); model.name is the checkpoint's, whatever the config says
   c.transfer = ml_collections.ConfigDict()
   c.transfer.checkpoint = ''     # exported model dir, or a kdjax workdir
+  c.transfer.backbone_bn = 'adapt'     # 'adapt': BN in train mode on the target data; 'frozen'
+  c.transfer.normalization = 'target'  # 'target' dataset's statistics, or the 'backbone''s
+  c.transfer.low_lr = 0.0        # > 0: optim.lr for MobileNetV2 / ShuffleV1 / ShuffleV2 backbones
 
   # mode=pipeline: teacher (CE) -> student (method) -> student from scratch (CE)
   c.pipeline = ml_collections.ConfigDict()
@@ -249,6 +252,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_transfer(config: ml_collections.ConfigDict) -> None:
+  from kdjax.train import transfer
+  _one_of('transfer.backbone_bn', config.transfer.backbone_bn, transfer.BACKBONE_BN)
+  _one_of('transfer.normalization', config.transfer.normalization, transfer.NORMALIZATIONS)
   path = config.transfer.checkpoint
   if not path:
     raise ConfigError("mode 'transfer' needs --config.transfer.checkpoint=PATH (the model whose "

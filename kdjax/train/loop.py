@@ -414,6 +414,14 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
   return 'kdjax: ' + ', '.join(parts)
 
 
+def _head_label(meta: dict[str, Any], head: str) -> str:
+  """What to call an evaluated head: the plain head ('student' in the eval heads) of an
+  export that was not distilled (a teacher, a converted model, a probe) is its model."""
+  if head == 'student' and not meta.get('teacher'):
+    return 'linear probe' if meta.get('transfer') else meta['model']
+  return head
+
+
 def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Evaluates an exported model on ``config.evaluate.split`` of ``config.data``."""
   mesh = make_mesh()
@@ -446,8 +454,8 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
   result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
             'loss': float(sums.pop('loss')) / count}
   result.update({f'accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
-  accs = ', '.join(f'{k.split("/")[1]} {100 * v:.2f}%' for k, v in result.items()
-                   if k.startswith('accuracy/'))
+  accs = ', '.join(f'{_head_label(meta, k.split("/")[1])} {100 * v:.2f}%'
+                   for k, v in result.items() if k.startswith('accuracy/'))
   _print(f"kdjax: {meta['model']} on {d.name}/{config.evaluate.split} "
          f"({int(count)} examples): {accs}")
   return result
