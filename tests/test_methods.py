@@ -272,6 +272,42 @@ def test_cid_regressor_gets_no_weight_decay():
   assert all(float(jnp.abs(u).sum()) > 0 for u in jax.tree.leaves(updates['head']))
 
 
+def test_cid_head_is_held_through_phase_1():
+  """The reference's interventional head has no gradient before init_epochs and torch's
+  SGD skips it (no decay, no momentum): it enters phase 2 at its initial values, and
+  its first phase-2 step is a fresh momentum step. The training's own optimizer."""
+  config = tiny_config(mode='distill', method__name='cid', teacher__model='resnet8',
+                       optim__nesterov=True)
+  config.method.cid.init_epochs = 2
+  steps_per_epoch = 3
+  teacher = models.create_model('resnet8', 4)
+  t_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
+  setup = loop.build_run(config, 4, 96, (32, 32, 3), teacher, t_vars, steps_per_epoch)
+  params, tx = setup.state.params, setup.tx
+  opt_state = tx.init(params)
+  rng = np.random.default_rng(0)
+  head0 = params['method']['head']
+  new = params
+  for step in range(2 * steps_per_epoch + 1):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), new)
+    grads['method']['head'] = jax.tree.map(jnp.zeros_like, new['method']['head'])  # phase 1
+    before = new
+    updates, opt_state = tx.update(grads, opt_state, new)
+    new = optax.apply_updates(new, updates)
+    if step < 2 * steps_per_epoch:
+      assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new['method']['head']),
+                                                      jax.tree.leaves(head0))), step
+      moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                           new['method']['regressor'], before['method']['regressor'])
+      assert min(jax.tree.leaves(moved)) > 0  # the rest trains
+  # first phase-2 step: momentum buffer starts from this step's gradient (here wd * p), so
+  # with Nesterov the update is -lr * (1 + momentum) * wd * p
+  lr = float(setup.schedule(2 * steps_per_epoch))
+  wd, mom = config.optim.weight_decay, config.optim.momentum
+  for a, b in zip(jax.tree.leaves(new['method']['head']), jax.tree.leaves(head0)):
+    np.testing.assert_allclose(a - b, -lr * (1 + mom) * wd * b, rtol=1e-4, atol=1e-9)
+
+
 def test_crd_memory_changes_only_at_batch_indices():
   cfg = method_config('crd', negatives=16, feat_dim=8)
   crd = methods.get_method('crd')

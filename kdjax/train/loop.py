@@ -185,9 +185,15 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: in
       config=method_cfg))
   params = {'student': student_vars['params'], 'method': mvars.params}
   schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
+  delayed = None
+  if method.delayed_params is not None:  # e.g. CID's interventional head before phase 2
+    held, epochs = method.delayed_params(mvars.params, method_cfg)
+    delayed = ({'student': jax.tree.map(lambda _: False, params['student']), 'method': held},
+               epochs * steps_per_epoch)
   tx = make_optimizer(config.optim, schedule, {
       'student': jax.tree.map(lambda _: True, params['student']),
-      'method': method.decay_mask(mvars.params)}, trainable=transfer.trainable(params, backbone))
+      'method': method.decay_mask(mvars.params)}, trainable=transfer.trainable(params, backbone),
+      delayed=delayed)
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
