@@ -6,6 +6,9 @@ beta=1``; the ``+kd`` suffix gives ICD+KD ``alpha=1``; T=4, alpha_inv=0.5, max_s
 
 ``PUBLISHED``: ICD and ICD+KD top-1 % from the giakoumoglou/distillers README at
 2f95cea, the last version under the name ICD (methods.md §4).
+
+The ICD code drops the last partial batch (``data.drop_last=True`` here); the other
+table configs keep it, as RepDistiller and CID do (the default).
 """
 from kdjax import cifar_tables as P
 
@@ -27,4 +30,5 @@ def get_config(arg: str = 'resnet32x4-resnet8x4'):
   c.method.temperature = 4.0
   c.method.icd.alpha_inv = 0.5
   c.method.icd.max_scale = 10.0
+  c.data.drop_last = True  # the ICD code's loader drops the last partial batch
   return c

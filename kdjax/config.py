@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 32
   c.data.crop_padding = 4        # 0 disables random crops
   c.data.flip = True
+  # the last partial training batch: kept (False, RepDistiller / CID) as one more step of
+  # its own shape, trimmed to a multiple of the device count; True drops it (ICD's code)
+  c.data.drop_last = False
   c.data.fake_examples = 512     # only for data.source = fake (tests)
   c.data.fake_classes = 10
   c.data.train_examples = 0      # 0 = the whole train split; N = a fixed random N of it
