@@ -60,6 +60,7 @@ PyTree = Any
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       init_epochs=20,   # phase-1 epochs (§3)
+      # a / b / c are the official code's aa / bb / cc
       a=1.0,            # KL (and phase-2 CE) weight
       b=1.0,            # sample loss weight (per pair, see configs/cid.py)
       c=1.0,            # class loss weight (per pair)
