@@ -22,7 +22,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-
 import numpy as np
 
 from kdjax.losses.crd import (CRDMemory, Embed, crd_loss, init_crd_memory, negative_window,
