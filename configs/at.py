@@ -10,6 +10,7 @@ from kdjax import cifar_tables as P
 
 PUBLISHED = P.table((74.08, 72.77, 70.55, 70.22, 72.31, 73.44, 71.43,
                      59.40, 58.58, 71.84, 71.73, 72.73, 73.32))
+SOURCE = P.REPDISTILLER_README
 ARGS = P.PAIRS
 
 

@@ -21,6 +21,7 @@ WEIGHTS = {'wrn_40_2-wrn_16_2': (65.0, 1.0), 'resnet56-resnet20': (10.0, 1.0),
            'ResNet50-vgg8': (8.0, 2.0)}
 ABLATIONS = ('no_sample', 'no_class', 'no_intervention')
 PUBLISHED = {pair: None for pair in WEIGHTS}
+SOURCE = 'none recorded in methods.md section 3'
 ARGS = tuple(pair + ''.join('+' + f for f in flags) for pair in WEIGHTS
              for n in range(len(ABLATIONS) + 1) for flags in itertools.combinations(ABLATIONS, n))
 

@@ -10,6 +10,7 @@ from kdjax import cifar_tables as P
 
 PUBLISHED = P.table((73.58, 72.24, 69.21, 68.99, 71.06, 73.50, 71.02,
                      64.14, 63.16, 70.69, 73.59, 73.54, 73.73))
+SOURCE = P.REPDISTILLER_README
 ARGS = P.PAIRS
 
 

@@ -9,6 +9,7 @@ from kdjax import cifar_tables as P
 
 PUBLISHED = P.table((74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98,
                      67.37, 67.35, 73.81, 74.07, 74.45, 74.83))
+SOURCE = P.REPDISTILLER_README
 ARGS = P.PAIRS
 
 

@@ -8,6 +8,7 @@ from kdjax import cifar_tables as P
 from kdjax import models
 
 PUBLISHED = {**P.TEACHER_ACCURACY, **P.STUDENT_ACCURACY, 'wrn_40_4': None}  # CID's extra teacher
+SOURCE = P.SPEC_SECTION_1
 ARGS = tuple(PUBLISHED)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from common import ROOT, git_commit, load_config_module
 from kdjax import methods
@@ -92,8 +93,10 @@ def method_config(name: str, teacher: str, student: str, dtype: str) -> ml_colle
 
 
 def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
-               num_train: int, mesh, image_size: int = 32) -> tuple[Callable, TrainState, Any]:
-  """The jitted one-step chunk, its initial state and the teacher variables."""
+               num_train: int, mesh, image_size: int = 32, train_labels: Any = None
+               ) -> tuple[Callable, TrainState, Any]:
+  """The jitted one-step chunk, its initial state and the teacher variables
+  (``train_labels``: the (num_train,) labels, for CRD's other-class sampler)."""
   method, method_cfg = method_for(config)
   dtype = DTYPES[config.model.dtype]
   steps_per_epoch = max(num_train // batch, 1)
@@ -102,8 +105,7 @@ def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
                               train=False) if teacher else {}
   # the same construction as training (student, method variables, optimizer, state)
   setup = build_run(config, num_classes, num_train, (image_size, image_size, 3), teacher,
-                    teacher_vars,
-                    steps_per_epoch)
+                    teacher_vars, steps_per_epoch, train_labels=train_labels)
   student, tx, state = setup.student, setup.tx, setup.state
   mean, std = known_normalization('cifar100')
   data = DataSpec(mean, std, config.data.crop_padding, config.data.flip)
@@ -165,7 +167,8 @@ def peak_flops(dtype, n: int, reps: int = 5) -> float:
 
 def run_train(config, batch, args, mesh, images, labels) -> dict[str, float]:
   chunk, state, teacher_vars = build_case(config, batch, args.num_classes, args.num_train, mesh,
-                                          args.image_size)
+                                          args.image_size,
+                                          np.asarray(jax.device_get(labels)))
   idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
   idx = [jax.device_put(jax.random.randint(jax.random.PRNGKey(i), (1, batch), 0, args.num_train),
                         idx_sharding) for i in range(args.warmup + args.steps + 1)]

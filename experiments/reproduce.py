@@ -81,6 +81,17 @@ def published(row: Row, pair: str) -> float | None:
   return load_config_module(path).PUBLISHED.get(arg)
 
 
+def published_source(row: Row, pair: str) -> str | None:
+  """Where the cell's published number comes from (the config's ``SOURCE``: one string,
+  or one per argument), None without a number."""
+  path, arg = spec(row, pair)
+  module = load_config_module(path)
+  if module.PUBLISHED.get(arg) is None:
+    return None
+  source = getattr(module, 'SOURCE', None)
+  return source.get(arg) if isinstance(source, dict) else source
+
+
 def parse_budget(text: str) -> tuple[int, int] | None:
   """'EPOCHS[:EXAMPLES]' -> (epochs, examples; 0 = all), '' -> None (full protocol)."""
   if not text:
@@ -218,6 +229,7 @@ def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
     (lm, ls), (bm, bs) = _mean_std(last), _mean_std(best)
     out.append({'pair': pair, 'row': row.name, 'seeds': len(last), 'last_mean': lm,
                 'last_std': ls, 'best_mean': bm, 'best_std': bs, 'published': pub,
+                'published_source': published_source(row, pair),
                 'difference': None if lm is None or pub is None else lm - pub,
                 'last_per_seed': last, 'curves': curves,
                 'workdirs': [c.workdir for c in runs]})
@@ -252,7 +264,11 @@ def markdown(table: str, summary: list[dict[str, Any]], info: dict[str, Any],
                  f"{_fmt(s['last_mean'], s['last_std'], s['seeds'])} | "
                  f"{_fmt(s['best_mean'], s['best_std'], s['seeds'])}"
                  f" | {pub} | {diff} |")
-  lines += ['', 'Published: "-" where methods.md records no number for the cell.', '']
+  sources = list(dict.fromkeys(s['published_source'] for s in summary if s['published_source']))
+  lines += ['', 'Published: "-" where methods.md records no number for the cell. Sources:']
+  lines += [f"- {', '.join(sorted({s['row'] for s in summary if s['published_source'] == src}))}: "
+            f'{src}' for src in sources]
+  lines += ['']
   return '\n'.join(lines)
 
 

@@ -24,6 +24,12 @@ CROSS_FAMILY = ('vgg13-MobileNetV2', 'ResNet50-MobileNetV2', 'ResNet50-vgg8',
                 'resnet32x4-ShuffleV1', 'resnet32x4-ShuffleV2', 'wrn_40_2-ShuffleV1')
 PAIRS = SAME_FAMILY + CROSS_FAMILY
 
+# Where the published numbers of the configs' PUBLISHED dicts come from (methods.md §1, §4)
+REPDISTILLER_README = 'RepDistiller README (CRD paper, Tian et al. ICLR 2020, tables 1-2)'
+CRD_PAPER = 'CRD paper (Tian et al. ICLR 2020), tables 1-2, CRD+KD rows'
+DISTILLERS_README = 'giakoumoglou/distillers README at 2f95cea (ICD)'
+SPEC_SECTION_1 = 'RepDistiller README / methods.md section 1'
+
 # §1: lr 0.01 instead of 0.05 for these students.
 LOW_LR_MODELS = ('MobileNetV2', 'ShuffleV1', 'ShuffleV2')
 

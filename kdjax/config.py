@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 32
   c.data.crop_padding = 4        # 0 disables random crops
   c.data.flip = True
+  # the last partial training batch: kept (False, RepDistiller / CID) as one more step of
+  # its own shape, trimmed to a multiple of the device count; True drops it (ICD's code)
+  c.data.drop_last = False
   c.data.fake_examples = 512     # only for data.source = fake (tests)
   c.data.fake_classes = 10
   c.data.train_examples = 0      # 0 = the whole train split; N = a fixed random N of it
@@ -110,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (the target dataset); model.name is the checkpoint's, whatever the config says
   c.transfer = ml_collections.ConfigDict()
   c.transfer.checkpoint = ''     # exported model dir, or a kdjax workdir
+  c.transfer.backbone_bn = 'adapt'     # 'adapt': BN in train mode on the target data; 'frozen'
+  c.transfer.normalization = 'target'  # 'target' dataset's statistics, or the 'backbone''s
+  c.transfer.low_lr = 0.0        # > 0: optim.lr for MobileNetV2 / ShuffleV1 / ShuffleV2 backbones
 
   # mode=datafree: the student never sees a training image; rounds of synthesis from the
   # teacher (datafree.method) then student steps on the synthetic pool (methods.md §5)
@@ -375,6 +381,9 @@ def _teacher_has_batchnorm(meta: dict[str, Any], image_size: int) -> bool:
 
 
 def _check_transfer(config: ml_collections.ConfigDict) -> None:
+  from kdjax.train import transfer
+  _one_of('transfer.backbone_bn', config.transfer.backbone_bn, transfer.BACKBONE_BN)
+  _one_of('transfer.normalization', config.transfer.normalization, transfer.NORMALIZATIONS)
   path = config.transfer.checkpoint
   if not path:
     raise ConfigError("mode 'transfer' needs --config.transfer.checkpoint=PATH (the model whose "

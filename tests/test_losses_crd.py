@@ -9,7 +9,8 @@ import numpy as np
 from conftest import load_fixture
 from conftest import close
 from kdjax.losses import (CRDMemory, Embed, contrast_loss, crd_loss, crd_scores, init_crd_memory,
-                          sample_negatives, sample_negatives_other_class)
+                          negative_window, sample_negatives, sample_negatives_exact,
+                          sample_negatives_other_class)
 
 
 
@@ -116,3 +117,29 @@ def test_sample_negatives_other_class():
   # every other-class example is reachable
   row = np.asarray(cidx[0, 1:])
   assert set(row) == set(np.flatnonzero(labels_all != labels_all[0]))
+
+
+def test_sample_negatives_exact_distinct_other_class_and_uniform():
+  """RepDistiller's exact mode: each row k DISTINCT examples of other classes, every
+  k-subset equally likely (checked through the per-example frequencies)."""
+  labels_all = np.random.default_rng(0).integers(0, 3, size=30).astype(np.int32)
+  counts = np.bincount(labels_all)
+  k = 30 - counts.max()  # the largest k the window allows: the whole other-class set for some rows
+  idx = jnp.array([0, 5, 9, 17], jnp.int32)
+  row_labels = labels_all[np.asarray(idx)]
+  draw = jax.jit(jax.vmap(lambda key: sample_negatives_exact(
+      key, idx, jnp.asarray(row_labels), jnp.asarray(labels_all),
+      negative_window(k, int(counts.max())), k)))
+  cidx = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 4000)))
+  chex.assert_shape(cidx, (4000, 4, k + 1))
+  assert cidx.dtype == np.int32
+  np.testing.assert_array_equal(cidx[:, :, 0], np.broadcast_to(idx, (4000, 4)))
+  neg = cidx[:, :, 1:]
+  assert np.all(labels_all[neg] != row_labels[None, :, None])
+  assert all(len(set(r)) == k for r in neg.reshape(-1, k))  # without replacement
+  for b, y in enumerate(row_labels):
+    others = np.flatnonzero(labels_all != y)
+    freq = np.bincount(neg[:, b].ravel(), minlength=30)[others] / 4000
+    # inclusion probability of each other-class example: k / |others| (+-5 sigma)
+    p = k / len(others)
+    np.testing.assert_allclose(freq, p, atol=5 * np.sqrt(p * (1 - p) / 4000) + 1e-9)

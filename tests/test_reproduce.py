@@ -48,6 +48,17 @@ def test_published_numbers_come_from_the_configs(reproduce):
   assert r.published(r.KD, pair) == 70.66
   assert r.published(r.CRD, pair) == 71.16
   assert r.published(r.CID, pair) is None  # the spec gives no CID number
+  # methods.md §4: CRD+KD (CRD paper), ICD and ICD+KD (distillers README), with sources
+  assert r.published(r.CRD_KD, pair) == 71.63
+  assert r.published(r.ICD, pair) == 71.18 and r.published(r.ICD_KD, pair) == 71.81
+  assert r.published(r.ICD_KD, 'wrn_40_2-ShuffleV1') == 76.51
+  assert 'CRD paper' in r.published_source(r.CRD_KD, pair)
+  assert '2f95cea' in r.published_source(r.ICD, pair)
+  assert r.published_source(r.CID, pair) is None
+  # every cell of the repdistiller and icd tables has a published number
+  for table in ('repdistiller', 'icd'):
+    rows, pairs, _ = r.TABLES[table]
+    assert all(r.published(row, p) is not None for row in rows for p in pairs), table
 
 
 def test_budget_parsing_and_scaling(reproduce):

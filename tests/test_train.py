@@ -78,6 +78,32 @@ def test_epoch_indices_are_a_seeded_permutation():
   assert not np.array_equal(a, loop.epoch_indices(1, 3, 100, 16))
 
 
+def test_last_partial_batch_is_kept_and_splits_over_the_devices():
+  """RepDistiller / CID keep the last partial batch (782 steps per CIFAR-100 epoch, the
+  last of 16); ICD drops it; a batch must split evenly over the devices."""
+  assert loop.last_batch_size(50000, 64, False, 8) == 16
+  assert loop.last_batch_size(50000, 64, True, 8) == 0
+  assert loop.last_batch_size(100, 16, False, 8) == 0    # 4 left over, fewer than 8 devices
+  assert loop.last_batch_size(100, 16, False, 1) == 4
+  assert loop.last_batch_size(110, 16, False, 8) == 8    # 14 trimmed to 8
+  chunks = loop.epoch_chunks(0, 3, 110, 16, k=2, offset=0, last=8)
+  assert [c.shape for c in chunks] == [(2, 16)] * 3 + [(1, 8)]
+  rows = np.concatenate([c.ravel() for c in chunks])
+  perm = np.random.default_rng([0, 3]).permutation(110)
+  np.testing.assert_array_equal(rows, perm[:104])  # one permutation, no repeats
+  resumed = loop.epoch_chunks(0, 3, 110, 16, k=2, offset=6, last=8)  # only the partial left
+  assert len(resumed) == 1 and np.array_equal(resumed[0], chunks[-1])
+
+
+def test_run_takes_the_partial_batch_step(tmp_path):
+  """272 examples, batch 32: 8 full steps and one of 16 (on 8 devices) per epoch."""
+  kept = loop.train(tiny_config(data__fake_examples=272, train__epochs=1), str(tmp_path / 'a'))
+  dropped = loop.train(tiny_config(data__fake_examples=272, train__epochs=1,
+                                   data__drop_last=True), str(tmp_path / 'b'))
+  assert export.read_meta(kept['workdir'])['step'] == 9
+  assert export.read_meta(dropped['workdir'])['step'] == 8
+
+
 def test_eval_indices_count_every_example_once():
   idx, mask = loop.eval_indices(10, 4)
   chex.assert_shape(idx, (3, 4))

@@ -52,7 +52,8 @@ def _variables(model, seed: int = 0):
 
 
 def test_probe_passes_no_gradient_and_keeps_batchnorm_statistics():
-  probe = LinearProbe(create_model('resnet8', 4), num_classes=7)
+  """``adapt_bn=False`` (transfer.backbone_bn='frozen'): the backbone's own statistics."""
+  probe = LinearProbe(create_model('resnet8', 4), num_classes=7, adapt_bn=False)
   x = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)
   variables = _variables(probe)
 
@@ -73,6 +74,64 @@ def test_probe_passes_no_gradient_and_keeps_batchnorm_statistics():
   chex.assert_trees_all_close(logits, eval_logits, rtol=1e-6, atol=1e-6)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads['backbone']))
   assert float(jnp.abs(grads['head']['kernel']).max()) > 0
+
+
+def test_probe_adapts_batchnorm_statistics_but_no_weight():
+  """The default protocol (transfer_student.py, methods.md §8): BatchNorm in train mode
+  while probing, batch statistics used and running statistics re-estimated; still no
+  gradient into the backbone; evaluation uses the adapted running statistics."""
+  probe = LinearProbe(create_model('resnet8', 4), num_classes=7, adapt_bn=True)
+  x = np.random.default_rng(1).normal(2.0, 3.0, size=(8, 16, 16, 3)).astype(np.float32)
+  variables = _variables(probe)
+
+  def train_forward(params):
+    (logits, _), updates = probe.apply({**variables, 'params': params}, x, train=True,
+                                       mutable=['batch_stats'])
+    return jnp.sum(logits ** 2), (logits, updates['batch_stats'])
+
+  grads, (logits, stats) = jax.jit(jax.grad(train_forward, has_aux=True))(variables['params'])
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads['backbone']))
+  old_mean = variables['batch_stats']['backbone']['bn1']['mean']
+  new_mean = stats['backbone']['bn1']['mean']
+  assert float(jnp.abs(new_mean - old_mean).min()) > 0  # every channel re-estimated
+  eval_old, _ = probe.apply(variables, x, train=False)
+  eval_new, _ = probe.apply({**variables, 'batch_stats': stats}, x, train=False)
+  assert float(jnp.abs(eval_new - eval_old).max()) > 1e-5
+  assert float(jnp.abs(logits - eval_old).max()) > 1e-5  # batch, not running, statistics
+
+
+def test_probe_head_is_normal_001_with_zero_bias():
+  from kdjax.models.probe import init_variables
+  probe = LinearProbe(create_model('resnet20', 4), num_classes=100)
+  backbone = {c: v['backbone'] for c, v in _variables(probe).items()}
+  head = init_variables(probe, backbone, jax.random.PRNGKey(3),
+                        jnp.zeros((1, 32, 32, 3)))['params']['head']
+  kernel = np.asarray(head['kernel'])
+  assert kernel.shape == (64, 100)
+  np.testing.assert_allclose(kernel.std(), 0.01, rtol=0.05)
+  assert abs(kernel.mean()) < 1e-3
+  np.testing.assert_array_equal(np.asarray(head['bias']), 0.0)
+
+
+def test_target_normalization_and_low_lr_backbones():
+  from kdjax.data.sources import ArrayDataset
+  from kdjax.train import transfer
+  ds = lambda name: ArrayDataset(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, np.int32), 10,
+                                 (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), name)
+  meta = {'model': 'ShuffleV1', 'num_classes': 100, 'mean': [0.5071, 0.4867, 0.4408],
+          'std': [0.2675, 0.2565, 0.2761]}
+  target = transfer.Backbone('p', meta, {}, 'adapt', 'target')
+  assert transfer.normalization(ds('stl10'), target) == (
+      (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2712))
+  assert transfer.normalization(ds('tiny_imagenet'), target) == (
+      (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
+  assert transfer.normalization(ds('digits'), target) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+  own = transfer.Backbone('p', meta, {}, 'adapt', 'backbone')
+  assert transfer.normalization(ds('stl10'), own) == (tuple(meta['mean']), tuple(meta['std']))
+  config = _config_file('stl10')
+  assert transfer.run_config(config, target).optim.lr == 0.01  # ShuffleV1: §1's low lr
+  assert transfer.run_config(config, target._replace(meta={**meta, 'model': 'wrn_16_2'})
+                             ).optim.lr == 0.05
 
 
 def test_optimizer_mask_freezes_leaves_bitwise():
@@ -122,7 +181,11 @@ def test_probe_learns_digits_on_a_frozen_backbone(digits_backbone, tmp_path):
   meta, variables = export.load(workdir)
   _, backbone = export.load(digits_backbone)
   chex.assert_trees_all_equal(variables['params']['backbone'], backbone['params'])
-  chex.assert_trees_all_equal(variables['batch_stats']['backbone'], backbone['batch_stats'])
+  # backbone_bn='adapt' (default): the running statistics were re-estimated, the weights not
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                       variables['batch_stats']['backbone'], backbone['batch_stats'])
+  assert min(jax.tree.leaves(moved)) > 0
+  assert meta['transfer']['backbone_bn'] == 'adapt'
   chex.assert_shape(variables['params']['head']['kernel'], (64, 10))
   assert meta['model'] == 'resnet8' and meta['num_classes'] == 10
   assert meta['transfer']['backbone'] == export.resolve(digits_backbone)
@@ -145,8 +208,8 @@ def test_probe_of_another_backbone_is_another_experiment(digits_backbone, tmp_pa
   backbone_meta, backbone = export.load(digits_backbone)
   assert meta['num_classes'] == 7 and meta['transfer']['backbone_num_classes'] == 10
   chex.assert_trees_all_equal(variables['params']['backbone'], backbone['params'])
-  # the backbone's normalisation (digits statistics), not the fake data's constants
-  assert meta['mean'] == backbone_meta['mean'] and meta['mean'] != [0.5] * 3
+  # the target's normalisation (the fake data's constants), not the backbone's (digits)
+  assert meta['mean'] == [0.5] * 3 and meta['mean'] != backbone_meta['mean']
   other = str(tmp_path / 'same_weights_elsewhere')
   shutil.copytree(export.resolve(digits_backbone), other)
   with pytest.raises(CheckpointError, match='another experiment \\(backbone'):
@@ -168,7 +231,11 @@ def test_config_file_targets_validate(tmp_path):
     config.transfer.checkpoint = backbone
     validate(config)  # tfds names are checked against the catalog, nothing is downloaded
     assert config.mode == 'transfer' and config.data.name == name
-    assert config.optim.weight_decay == 0.0 and tuple(config.optim.milestones) == (30, 40, 50)
+    # transfer_student.py's recipe (methods.md §8)
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.momentum) == (0.05, 5e-4, 0.9)
+    assert tuple(config.optim.milestones) == (30, 60, 90) and config.train.epochs == 120
+    assert (config.train.batch_size, config.transfer.low_lr) == (64, 0.01)
+    assert (config.transfer.backbone_bn, config.transfer.normalization) == ('adapt', 'target')
 
 
 @pytest.mark.slow
@@ -186,7 +253,10 @@ def test_config_file_runs_on_stl10(digits_backbone, tmp_path):
     summary = loop.train(config, str(tmp_path))
   meta = export.read_meta(str(tmp_path))
   assert (meta['dataset'], meta['num_classes'], meta['image_size']) == ('stl10', 10, 32)
-  assert 0.0 <= summary['last_accuracy'] <= 1.0
+  # STL-10's published statistics (methods.md §8), not the backbone's or the mock data's
+  assert (meta['mean'], meta['std']) == ([0.4467, 0.4398, 0.4066], [0.2603, 0.2566, 0.2712])
+  # 16 mock test images: the accuracy is a count out of 16
+  assert summary['last_accuracy'] * 16 == pytest.approx(round(summary['last_accuracy'] * 16))
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -249,3 +319,15 @@ def test_cli_reports_a_missing_backbone_in_one_line(tmp_path):
   assert len(errors) == 1 and 'nope does not exist' in errors[0], result.stderr
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(tmp_path / 'run')  # refused before any work
+
+
+def test_evaluate_prints_the_exports_own_name(tmp_path, capsys):
+  """A teacher (or any export not distilled) is not called 'student' by evaluate."""
+  teacher = _export(tmp_path / 'teacher', {'method': 'ce', 'mean': [0.5] * 3, 'std': [0.25] * 3})
+  config = tiny_config(mode='evaluate', evaluate__checkpoint=teacher)
+  validate(config)
+  result = loop.evaluate_export(config)
+  out = capsys.readouterr().out.strip().splitlines()[-1]
+  assert out.startswith('kdjax: resnet8 on fake/test') and ': resnet8 ' in out, out
+  assert 'student' not in out, out
+  assert 'accuracy/student' in result  # the result's keys are the eval heads'

@@ -5,7 +5,8 @@ from kdjax.losses.cid import (ContextAccumulator, InterventionalHead, SampleRegr
                               context_finalize, init_context_accumulator, interventional_logits,
                               normalized_mse)
 from kdjax.losses.crd import (CRDMemory, Embed, contrast_loss, crd_loss, crd_scores,
-                              init_crd_memory, sample_negatives, sample_negatives_other_class,
+                              init_crd_memory, negative_window, sample_negatives,
+                              sample_negatives_exact, sample_negatives_other_class,
                               update_memory)
 from kdjax.losses.datafree import (BNMomentum, CMIHead, MemoryBank, agreement_mask, bank_add,
                                    bank_init, bank_sample, batch_moments, bn_layer_losses,
@@ -25,7 +26,8 @@ __all__ = [
     'class_gram_loss', 'class_gram_terms', 'context_accumulate', 'context_finalize',
     'init_context_accumulator', 'interventional_logits', 'normalized_mse',
     'CRDMemory', 'Embed', 'contrast_loss', 'crd_loss', 'crd_scores', 'init_crd_memory',
-    'sample_negatives', 'sample_negatives_other_class', 'update_memory',
+    'negative_window', 'sample_negatives', 'sample_negatives_exact',
+    'sample_negatives_other_class', 'update_memory',
     'BNMomentum', 'CMIHead', 'MemoryBank', 'agreement_mask', 'bank_add', 'bank_init',
     'bank_sample', 'batch_moments', 'bn_layer_losses', 'bn_stats_loss', 'cmi_contrastive_loss',
     'dafl_objective', 'dafl_terms', 'deepinversion_objective', 'image_prior_tv', 'init_bn_mmt',

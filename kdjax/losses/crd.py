@@ -130,9 +130,10 @@ def sample_negatives(key: jax.Array, idx: jax.Array, n_data: int, k: int) -> jax
 def sample_negatives_other_class(key: jax.Array, idx: jax.Array, labels: jax.Array,
                                  order: jax.Array, class_start: jax.Array,
                                  class_count: jax.Array, k: int) -> jax.Array:
-  """Like ``sample_negatives`` but negatives drawn uniformly (with replacement) among
-  the examples of OTHER classes, as RepDistiller's CIFAR-100 sample loader does in its
-  default ``mode='exact'``. ``order`` lists the dataset indices sorted by class,
+  """Like ``sample_negatives`` but negatives drawn uniformly WITH replacement among the
+  examples of OTHER classes: RepDistiller's rule when ``k`` exceeds the number of
+  other-class examples (``replace = k > len(cls_negative[target])``); otherwise use
+  ``sample_negatives_exact``. ``order`` lists the dataset indices sorted by class,
   ``class_start``/``class_count`` give each class's block in it (all static-shape,
   e.g. from ``np.argsort(train_labels, kind='stable')``); ``labels`` are the batch's.
   A draw ``r`` in ``[0, n_data - n_y)`` skips class ``y``'s block."""
@@ -143,3 +144,40 @@ def sample_negatives_other_class(key: jax.Array, idx: jax.Array, labels: jax.Arr
   r = jnp.minimum(jnp.floor(u * (n_data - count)).astype(jnp.int32), n_data - count - 1)
   pos = jnp.where(r < start, r, r + count)
   return jnp.concatenate([idx.astype(jnp.int32)[:, None], order[pos].astype(jnp.int32)], axis=1)
+
+
+def negative_window(k: int, max_class_count: int) -> jax.Array:
+  """The offsets ``0 .. k + max_class_count - 1`` that ``sample_negatives_exact`` walks:
+  a window this long always holds ``k`` examples of other classes."""
+  return jnp.arange(k + max_class_count, dtype=jnp.int32)
+
+
+def sample_negatives_exact(key: jax.Array, idx: jax.Array, labels: jax.Array,
+                           train_labels: jax.Array, window: jax.Array, k: int) -> jax.Array:
+  """(B, k+1) indices: column 0 the positive ``idx``, columns 1..k distinct examples of
+  classes other than the row's ``labels``, a uniformly random k-subset for every row:
+  RepDistiller's default ``mode='exact'``
+  (``np.random.choice(cls_negative[target], k, replace=False)``).
+
+  Static shapes without a per-row sort of the dataset: one random permutation of the
+  dataset per call, each row walks it cyclically from its own random offset over
+  ``window`` (``negative_window``: long enough to pass every example of one class) and
+  keeps the first ``k`` examples of another class (cumsum rank + scatter). A rotation
+  of a uniform permutation restricted to the other classes is a uniform ordering of
+  them, so each row's k-subset has exactly the reference's distribution; rows of one
+  batch share the permutation, so unlike the reference their subsets are not
+  independent (the NCE gradient of a row depends only on its own negatives, so this
+  changes the variance of a step, not its expectation). Needs
+  ``k + max_class_count <= n_data`` (else use ``sample_negatives_other_class``).
+  """
+  n_data = train_labels.shape[0]
+  k_perm, k_off = jax.random.split(key)
+  perm = jax.random.permutation(k_perm, n_data).astype(jnp.int32)
+  offset = jax.random.randint(k_off, (idx.shape[0], 1), 0, n_data, dtype=jnp.int32)
+  cand = perm[(offset + window[None, :]) % n_data]                       # (B, L)
+  keep = train_labels[cand] != labels.astype(train_labels.dtype)[:, None]
+  rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1
+  slot = jnp.where(keep & (rank < k), rank, k)                            # k: dropped
+  rows = jnp.arange(idx.shape[0], dtype=jnp.int32)[:, None]
+  neg = jnp.zeros((idx.shape[0], k + 1), jnp.int32).at[rows, slot].set(cand)[:, :k]
+  return jnp.concatenate([idx.astype(jnp.int32)[:, None], neg], axis=1)

@@ -99,6 +99,9 @@ class Method:
   # which of the method's params get weight decay
   decay_mask: Callable[[PyTree], PyTree] = _decay_everything
   default_config: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
+  # (mask over the method's params, epoch): the True leaves are not updated (no decay, no
+  # momentum) before that epoch; None: everything trains from the start
+  delayed_params: Callable[[PyTree, ml_collections.ConfigDict], tuple[PyTree, int]] | None = None
 
 
 _METHODS: dict[str, Method] = {}

@@ -41,6 +41,7 @@ logits instead of ``z_do``, and evaluation then reports the plain head only.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -59,6 +60,7 @@ PyTree = Any
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       init_epochs=20,   # phase-1 epochs (§3)
+      # a / b / c are the official code's aa / bb / cc
       a=1.0,            # KL (and phase-2 CE) weight
       b=1.0,            # sample loss weight (per pair, see configs/cid.py)
       c=1.0,            # class loss weight (per pair)
@@ -159,6 +161,14 @@ def _decay_mask(params: PyTree) -> PyTree:
   return {k: jax.tree.map(lambda _: k != 'regressor', v) for k, v in params.items()}
 
 
+def _delayed_params(params: PyTree, config: ml_collections.ConfigDict) -> tuple[PyTree, int]:
+  """The interventional head is held (no decay, no momentum) through phase 1: in the
+  reference it has no gradient before ``init_epochs`` and torch's SGD skips it, so it
+  enters phase 2 at its initial values (decayed for 20 epochs it would be ~2% of them)."""
+  return ({k: jax.tree.map(lambda _: k == 'head', v) for k, v in params.items()},
+          int(math.ceil(config.cid.init_epochs)))
+
+
 CID = register(Method(name='cid', loss=_loss, needs_teacher=True, init=_init,
                       end_epoch=_end_epoch, eval_heads=_eval_heads, decay_mask=_decay_mask,
-                      default_config=default_config))
+                      default_config=default_config, delayed_params=_delayed_params))

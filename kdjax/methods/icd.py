@@ -24,6 +24,8 @@ from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVa
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       feat_dim=128,
+      # official code's names: alpha -> alpha_inv, max_tau -> max_scale; its learnable
+      # tau / b are the ICDHeads params log_scale / bias
       alpha_inv=0.5,     # weight of the invariance term inside L_ICD
       max_scale=10.0,    # cap on exp(theta)
   ))

@@ -38,11 +38,13 @@ class Generator(nn.Module):
     h = linear(c * init * init, self.nz, dtype=self.dtype, name='l1_0')(z.astype(self.dtype))
     h = h.reshape(z.shape[0], c, init, init).transpose(0, 2, 3, 1)
     h = BatchNorm(dtype=self.dtype, name='conv_blocks_0')(h, train)
-    h = conv(c, 3, 1, dtype=self.dtype, name='conv_blocks_2')(_upsample2(h))
+    # the reference has no init code: torch's defaults (Linear's is linear()'s already)
+    h = conv(c, 3, 1, dtype=self.dtype, name='conv_blocks_2', init='torch')(_upsample2(h))
     h = nn.leaky_relu(BatchNorm(dtype=self.dtype, name='conv_blocks_3')(h, train), 0.2)
-    h = conv(self.ngf, 3, 1, dtype=self.dtype, name='conv_blocks_6')(_upsample2(h))
+    h = conv(self.ngf, 3, 1, dtype=self.dtype, name='conv_blocks_6', init='torch')(_upsample2(h))
     h = nn.leaky_relu(BatchNorm(dtype=self.dtype, name='conv_blocks_7')(h, train), 0.2)
-    h = conv(self.nc, 3, 1, use_bias=True, dtype=self.dtype, name='conv_blocks_9')(h)
+    h = conv(self.nc, 3, 1, use_bias=True, dtype=self.dtype, name='conv_blocks_9', init='torch',
+             in_features=self.ngf)(h)
     return nn.sigmoid(h.astype(jnp.float32))
 
 

@@ -21,15 +21,44 @@ def torch_padding(kernel: int, padding: int | None = None) -> tuple[tuple[int, i
   return ((p, p), (p, p))
 
 
+def _torch_uniform(fan_in: int):
+  """torch's default ``Linear``/``Conv2d`` init (``kaiming_uniform_(a=sqrt(5))`` for the
+  weight, the same bound for the bias): uniform in +-1/sqrt(fan_in)."""
+  bound = 1.0 / float(fan_in) ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# Weight inits of the reference models (methods.md §1 zoo): RepDistiller's ResNets,
+# WRNs, VGGs and MobileNetV2 use He fan-out normal convs; its ShuffleNets and the
+# Fast-Datafree generator have no init code, so torch's default applies.
+CONV_INITS = ('he_fan_out', 'torch')
+# heads: torch's default; torch's default weight with zero bias (WRN); normal(0, 0.01)
+# with zero bias (VGG, MobileNetV2)
+LINEAR_INITS = ('torch', 'torch_zero_bias', 'normal_001')
+
+
 def conv(features: int, kernel: int = 3, stride: int = 1, padding: int | None = None,
          groups: int = 1, use_bias: bool = False, dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Conv:
-  """``nn.Conv`` with torch-style symmetric padding, no bias and He (fan-out) init."""
+         name: str | None = None, init: str = 'he_fan_out', in_features: int = 0) -> nn.Conv:
+  """``nn.Conv`` with torch-style symmetric padding, no bias and He (fan-out) init, or
+  with ``init='torch'`` torch's default: weight (and bias) uniform in +-1/sqrt(fan_in),
+  fan_in = in_features / groups * kernel^2 (the weight's from its shape; a torch-init
+  bias needs ``in_features``)."""
+  if init not in CONV_INITS:
+    raise ValueError(f'unknown conv init {init!r}; accepted: {", ".join(CONV_INITS)}')
+  kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+  bias_init = nn.initializers.zeros
+  if init == 'torch':
+    kernel_init = lambda key, shape, dtype=jnp.float32: _torch_uniform(
+        int(np.prod(shape[:-1])))(key, shape, dtype)
+    if use_bias:
+      if in_features <= 0:
+        raise ValueError("conv(init='torch', use_bias=True) needs in_features")
+      bias_init = _torch_uniform(in_features // groups * kernel * kernel)
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride),
       padding=torch_padding(kernel, padding), feature_group_count=groups,
-      use_bias=use_bias, dtype=dtype,
-      kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'), name=name)
+      use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -77,12 +106,15 @@ class BatchNorm(nn.Module):
 
 
 def linear(features: int, fan_in: int, use_bias: bool = True, dtype: Dtype = jnp.float32,
-           name: str | None = None) -> nn.Dense:
-  """``nn.Dense`` initialised like torch ``nn.Linear`` (uniform in +-1/sqrt(fan_in))."""
-  bound = 1.0 / float(fan_in) ** 0.5
-  init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init, bias_init=init,
-                  name=name)
+           name: str | None = None, init: str = 'torch') -> nn.Dense:
+  """``nn.Dense`` initialised like torch ``nn.Linear`` (uniform in +-1/sqrt(fan_in)), or
+  as a reference model re-initialises its head (``LINEAR_INITS``)."""
+  if init not in LINEAR_INITS:
+    raise ValueError(f'unknown linear init {init!r}; accepted: {", ".join(LINEAR_INITS)}')
+  kernel_init = nn.initializers.normal(0.01) if init == 'normal_001' else _torch_uniform(fan_in)
+  bias_init = _torch_uniform(fan_in) if init == 'torch' else nn.initializers.zeros
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init,
+                  bias_init=bias_init, name=name)
 
 
 def _pool_pads(size: int, kernel: int, stride: int, padding: int,

@@ -72,7 +72,7 @@ class MobileNetV2(nn.Module):
     pooled = pooled.transpose(0, 3, 1, 2).reshape(pooled.shape[0], -1)
     feats.append(pooled)
     logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype,
-                    name='classifier_0')(pooled)
+                    name='classifier_0', init='normal_001')(pooled)  # the reference's _initialize_weights
     return logits.astype(jnp.float32), feats
 
 

@@ -2,9 +2,14 @@
 
 The probe is called like every registered model, ``apply(vars, x, train, preact) ->
 (logits, feats)``, so the generic train step trains it unchanged; what keeps the
-backbone frozen is (1) BatchNorm always in inference mode (running statistics are the
-backbone's, not the target data's), (2) ``stop_gradient`` on its features and (3) the
+backbone's weights frozen is (1) ``stop_gradient`` on its features and (2) the
 optimizer's ``trainable_mask`` (no update, no weight decay for the backbone).
+
+Its BatchNorm layers (``adapt_bn``): True (the default of mode transfer, as
+giakoumoglou/distillers' ``transfer_student.py``, methods.md §8) runs them in train
+mode while the probe trains: batch statistics are used and the running statistics are
+re-estimated on the target data, which evaluation then uses. False keeps the
+backbone's own running statistics throughout (inference mode always).
 """
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models.layers import linear
 
 PyTree = Any
 BACKBONE = 'backbone'
@@ -26,16 +30,22 @@ class LinearProbe(nn.Module):
   backbone: nn.Module
   num_classes: int
   dtype: Any = jnp.float32
+  adapt_bn: bool = False  # BatchNorm in train mode while training (see the module docstring)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
                preact: bool = False) -> tuple[jax.Array, list[jax.Array]]:
-    del train  # the backbone is frozen: its BatchNorm statistics must not follow the new data
-    _, feats = self.backbone(x, train=False, preact=preact)
+    _, feats = self.backbone(x, train=train and self.adapt_bn, preact=preact)
     feats = jax.lax.stop_gradient(list(feats))
     pooled = feats[-1]  # every zoo model ends its feature list with the pooled vector
-    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name=HEAD)(pooled)
+    logits = head(self.num_classes, self.dtype, name=HEAD)(pooled)
     return logits.astype(jnp.float32), feats
+
+
+def head(num_classes: int, dtype: Any = jnp.float32, name: str | None = None) -> nn.Dense:
+  """The probe's linear head: weights normal(0, 0.01), zero bias (``transfer_student.py``)."""
+  return nn.Dense(num_classes, dtype=dtype, kernel_init=nn.initializers.normal(0.01),
+                  bias_init=nn.initializers.zeros, name=name)
 
 
 def trainable_mask(params: PyTree) -> PyTree:
@@ -58,8 +68,8 @@ def init_variables(probe: LinearProbe, backbone_variables: PyTree, key: jax.Arra
     if jax.tree.map(lambda s: s.shape, tree[BACKBONE]) != got:
       raise ValueError(f'backbone {collection} do not fit the probe')
   fan_in = shapes['params'][HEAD]['kernel'].shape[0]
-  head = linear(probe.num_classes, fan_in, dtype=probe.dtype).init(
+  head_params = head(probe.num_classes, probe.dtype).init(
       key, jnp.zeros((1, fan_in), jnp.float32))['params']
   variables = {c: {BACKBONE: jax.tree.map(jnp.asarray, backbone_variables[c])} for c in shapes}
-  variables['params'][HEAD] = head
+  variables['params'][HEAD] = head_params
   return variables

@@ -10,8 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models.layers import BatchNorm, avg_pool, channel_shuffle, conv, linear
+import functools
+
+from kdjax.models import layers
+from kdjax.models.layers import BatchNorm, avg_pool, channel_shuffle, linear
 from kdjax.models.registry import register
+
+# RepDistiller's ShuffleNets have no init code: torch's default conv init applies
+conv = functools.partial(layers.conv, init='torch')
 
 
 class ShuffleV1Block(nn.Module):

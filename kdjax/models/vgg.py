@@ -49,7 +49,8 @@ class VGG(nn.Module):
       x = nn.relu(x)
       feats.append(x)
     pooled = global_avg_pool(x)
-    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='classifier')(pooled)
+    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='classifier',
+                    init='normal_001')(pooled)  # the reference's _initialize_weights
     out = ([feats[0]] + pre_feats[1:]) if preact else feats
     return logits.astype(jnp.float32), out + [pooled]
 

@@ -76,7 +76,8 @@ class WideResNet(nn.Module):
       feats.append(x)
     final_bn = BatchNorm(dtype=self.dtype, name='bn1')
     pooled = global_avg_pool(nn.relu(final_bn(x, train)))
-    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='fc')(pooled)
+    logits = linear(self.num_classes, pooled.shape[-1], dtype=self.dtype, name='fc',
+                    init='torch_zero_bias')(pooled)  # the reference zeroes the head's bias
     if preact:
       # Reference: "preact" features are the *next* BN applied to each stage output.
       feats = [feats[0],

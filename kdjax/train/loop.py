@@ -53,6 +53,38 @@ def epoch_indices(seed: int, epoch: int, num_examples: int, batch_size: int) -> 
   return perm[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
+def last_batch_size(num_examples: int, batch_size: int, drop_last: bool, devices: int) -> int:
+  """Rows of the epoch's last partial batch: 0 with ``drop_last``, else the remainder
+  trimmed to a multiple of ``devices`` (a batch is split evenly over the devices; at most
+  ``devices - 1`` examples an epoch are left out, a different few each epoch)."""
+  if drop_last:
+    return 0
+  rest = num_examples % batch_size
+  return rest - rest % devices
+
+
+def last_batch(seed: int, epoch: int, num_examples: int, batch_size: int, size: int
+               ) -> np.ndarray:
+  """The (1, size) indices of the partial batch after ``epoch_indices``' full ones (the
+  same permutation's tail)."""
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  start = num_examples // batch_size * batch_size
+  return perm[start:start + size].reshape(1, size).astype(np.int32)
+
+
+def epoch_chunks(seed: int, epoch: int, num_examples: int, batch_size: int, k: int,
+                 offset: int, last: int) -> list[np.ndarray]:
+  """The epoch's calls from step ``offset`` on: (k, B) chunks of the full batches, then
+  (with ``last`` > 0) the partial batch as a (1, last) call of its own shape (the train
+  chunk is compiled once more for it; its rows are all real examples, so BatchNorm
+  statistics and the losses see no padding)."""
+  idx = epoch_indices(seed, epoch, num_examples, batch_size)[offset:]
+  chunks = list(idx.reshape(-1, k, batch_size))
+  if last:
+    chunks.append(last_batch(seed, epoch, num_examples, batch_size, last))
+  return chunks
+
+
 def eval_indices(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Sequential indices padded to whole batches, and the mask of the real ones."""
   steps = math.ceil(num_examples / batch_size)
@@ -88,6 +120,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   fp = {'mode': config.mode, 'model': config.model.name, 'method': method_for(config)[0].name,
         'data': config.data.name, 'batch_size': config.train.batch_size,
         'seed': config.seed, 'devices': jax.device_count()}
+  if not config.data.drop_last:  # another step count per epoch (absent: dropped, as before)
+    fp['drop_last'] = False
   if config.mode == 'transfer':  # a probe of another backbone is another experiment
     fp['backbone'] = export.resolve(config.transfer.checkpoint)
   return fp
@@ -190,9 +224,15 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: in
       config=method_cfg))
   params = {'student': student_vars['params'], 'method': mvars.params}
   schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
+  delayed = None
+  if method.delayed_params is not None:  # e.g. CID's interventional head before phase 2
+    held, epochs = method.delayed_params(mvars.params, method_cfg)
+    delayed = ({'student': jax.tree.map(lambda _: False, params['student']), 'method': held},
+               epochs * steps_per_epoch)
   tx = make_optimizer(config.optim, schedule, {
       'student': jax.tree.map(lambda _: True, params['student']),
-      'method': method.decay_mask(mvars.params)}, trainable=transfer.trainable(params, backbone))
+      'method': method.decay_mask(mvars.params)}, trainable=transfer.trainable(params, backbone),
+      delayed=delayed)
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
@@ -211,8 +251,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_ds, test_ds = load_data(config)
   num_classes = train_ds.num_classes
   batch = config.train.batch_size
-  steps_per_epoch = len(train_ds) // batch
-  if steps_per_epoch == 0:
+  full_steps = len(train_ds) // batch
+  last = last_batch_size(len(train_ds), batch, config.data.drop_last, jax.device_count())
+  steps_per_epoch = full_steps + (last > 0)
+  if full_steps == 0:
     raise ConfigError(f"config key 'train.batch_size' = {batch} is larger than the "
                       f"{len(train_ds)} training examples")
   teacher, teacher_vars, teacher_meta = None, {}, None
@@ -242,7 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                   config.data.flip)
   step_fn = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh,
                              skip_nonfinite=config.train.max_skipped_steps > 0)
-  k = chunk_size(steps_per_epoch, config.train.steps_per_call or (  # streamed: a call per batch
+  k = chunk_size(full_steps, config.train.steps_per_call or (  # streamed: a call per batch
       1 if jax.devices()[0].platform == 'cpu' or config.data.pipeline == 'streaming' else 100))
   train_chunk = build_train_chunk(step_fn, mesh, k, gather=train_feed.gather)
   evaluate = build_eval(student, method, method_cfg, data, mesh)
@@ -296,14 +338,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     meta['skipped_steps'] = skipped
 
   t_start = time.time()
+  calls_per_epoch = full_steps // k + (last > 0)
   stop_flag = _SigtermFlag() if jax.process_count() == 1 else _PreemptionSync(
-      int(state.step) // k)
+      int(state.step) // steps_per_epoch * calls_per_epoch
+      + int(state.step) % steps_per_epoch // k)
   with stop_flag as sigterm:
     for epoch in range(start_epoch, config.train.epochs):
       offset = int(state.step) - epoch * steps_per_epoch
-      idx = epoch_indices(config.seed, epoch, len(train_ds), batch)[offset:]
-      chunks = idx.reshape(-1, k, batch)
-      progress = _progress(config, epoch, len(chunks) * k)
+      chunks = epoch_chunks(config.seed, epoch, len(train_ds), batch, k, offset, last)
+      progress = _progress(config, epoch, sum(len(c) for c in chunks))
       epoch_metrics: list[dict[str, np.ndarray]] = []
       t_epoch = time.time()
       pending = None
@@ -311,7 +354,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state, metrics = train_chunk(state, teacher_vars, *inputs)
         if pending is not None:  # read the previous call while this one runs
           epoch_metrics.append(jax.device_get(pending))
-          progress.update(k)
+          progress.update(len(pending['loss']))
         pending = metrics
         if sigterm.raised:
           epoch_metrics.append(jax.device_get(pending))
@@ -321,7 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           raise Preempted(f'SIGTERM: saved step {int(state.step)} in {ckpts.directory}; '
                           'run the same command again to resume')
       epoch_metrics.append(jax.device_get(pending))
-      progress.update(k)
+      progress.update(len(pending['loss']))
       progress.close()
       check_finite(epoch_metrics, int(state.step))
       train_metrics = _epoch_means(epoch_metrics)
@@ -331,7 +374,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                f'gradients ({skipped} of at most {config.train.max_skipped_steps} in this run)')
       seconds = time.time() - t_epoch
       record = {'epoch': epoch + 1, **train_metrics,
-                'train/images_per_second': len(chunks) * k * batch / seconds,
+                'train/images_per_second': sum(c.size for c in chunks) / seconds,
                 'lr': float(schedule(int(state.step) - 1))}
       last_epoch = epoch + 1 == config.train.epochs
       if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
@@ -419,6 +462,14 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
   return 'kdjax: ' + ', '.join(parts)
 
 
+def _head_label(meta: dict[str, Any], head: str) -> str:
+  """What to call an evaluated head: the plain head ('student' in the eval heads) of an
+  export that was not distilled (a teacher, a converted model, a probe) is its model."""
+  if head == 'student' and not meta.get('teacher'):
+    return 'linear probe' if meta.get('transfer') else meta['model']
+  return head
+
+
 def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Evaluates an exported model on ``config.evaluate.split`` of ``config.data``."""
   mesh = make_mesh()
@@ -453,8 +504,8 @@ def evaluate_export(config: ml_collections.ConfigDict) -> dict[str, Any]:
   result = {'model': meta['model'], 'split': config.evaluate.split, 'examples': int(count),
             'loss': float(sums.pop('loss')) / count}
   result.update({f'accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
-  accs = ', '.join(f'{k.split("/")[1]} {100 * v:.2f}%' for k, v in result.items()
-                   if k.startswith('accuracy/'))
+  accs = ', '.join(f'{_head_label(meta, k.split("/")[1])} {100 * v:.2f}%'
+                   for k, v in result.items() if k.startswith('accuracy/'))
   _print(f"kdjax: {meta['model']} on {d.name}/{config.evaluate.split} "
          f"({int(count)} examples): {accs}")
   return result

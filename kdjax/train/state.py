@@ -1,10 +1,11 @@
 """The training state and the optimizer built from the config."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -41,21 +42,56 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
   return optax.constant_schedule(optim.lr)
 
 
+class HoldState(NamedTuple):
+  count: jax.Array
+  inner: PyTree
+
+
+def hold_until(inner: optax.GradientTransformation, start_step: int
+               ) -> optax.GradientTransformation:
+  """``inner`` does nothing before ``start_step`` updates: zero updates and its state
+  (e.g. momentum) left untouched, as torch's SGD skips a parameter without a gradient."""
+  def init(params):
+    return HoldState(jnp.zeros((), jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    active = state.count >= start_step
+    new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+    new_inner = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
+    return new_updates, HoldState(optax.safe_increment(state.count), new_inner)
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   decay_mask: PyTree, trainable: PyTree | None = None
-                   ) -> optax.GradientTransformation:
+                   decay_mask: PyTree, trainable: PyTree | None = None,
+                   delayed: tuple[PyTree, int] | None = None) -> optax.GradientTransformation:
   """torch SGD: weight decay added to the gradient before momentum (coupled).
 
   ``trainable`` (a bool tree like the params; None = all) freezes the False leaves:
   their update is exactly zero, with no weight decay and no momentum buffer.
+  ``delayed = (mask, start_step)`` holds the True leaves of ``mask`` (no update, no
+  decay, no momentum) for the first ``start_step`` steps; the lr schedule runs on.
   """
   sgd = optax.chain(
       optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
       optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
-  if trainable is None:
+  if trainable is None and delayed is None:
     return sgd
-  labels = jax.tree.map(lambda t: 'train' if t else 'frozen', trainable)
-  return optax.multi_transform({'train': sgd, 'frozen': optax.set_to_zero()}, labels)
+  trainable = jax.tree.map(lambda _: True, decay_mask) if trainable is None else trainable
+  held = jax.tree.map(lambda _: False, trainable) if delayed is None else delayed[0]
+  labels = jax.tree.map(lambda t, h: 'frozen' if not t else 'delayed' if h else 'train',
+                        trainable, held)
+  transforms = {'train': sgd, 'frozen': optax.set_to_zero()}
+  if delayed is not None:
+    # optax.sgd with the hold between the momentum and the (always counting) schedule
+    held_part = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
+                            optax.trace(optim.momentum, optim.nesterov) if optim.momentum
+                            else optax.identity())
+    transforms['delayed'] = optax.chain(hold_until(held_part, delayed[1]),
+                                        optax.scale_by_learning_rate(schedule))
+  return optax.multi_transform(transforms, labels)
 
 
 def step_key(state: TrainState) -> jax.Array:
