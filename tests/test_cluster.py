@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.cluster import PCA, kmeans, pca_fit, pca_transform
+from kdjax.cluster import kmeans, pca_fit, pca_transform
 
 
 def _correlated(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from kdjax.losses.datafree import (BNMomentum, CMIHead, MemoryBank, agreement_ma
 from kdjax.losses.fitnet import ConvRegressor, hint_loss
 from kdjax.losses.icd import ICDHeads, icd_logits, icd_loss
 from kdjax.losses.kd import cross_entropy, kl_div_loss
+from kdjax.losses.kdci import DeconfoundedHead
 from kdjax.losses.sp import similarity_loss
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
     'ConvRegressor', 'hint_loss',
     'ICDHeads', 'icd_logits', 'icd_loss',
     'cross_entropy', 'kl_div_loss',
+    'DeconfoundedHead',
     'similarity_loss',
 ]

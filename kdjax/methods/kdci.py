@@ -93,7 +93,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if k[key] not in accepted:
       raise ValueError(f"config key 'method.kdci.{key}' is {k[key]!r}; accepted: "
                        f"{', '.join(accepted)}")
-  if k.enabled and config.mode in ('distill', 'pipeline') and not get_method(config.method.name).needs_teacher:
+  distills = config.mode in ('distill', 'pipeline')
+  if k.enabled and distills and not get_method(config.method.name).needs_teacher:
     raise ValueError(f"config key 'method.kdci.enabled': KDCI clusters the teacher's features "
                      f"but method '{config.method.name}' has no teacher; use e.g. kd")
 
