@@ -120,7 +120,7 @@ def synthesis_row(method: str, teacher_name: str, student_name: str, args, mesh)
   scan_s = row.get(f'inner_{args.scan}_step_s', float('inf'))
   best = min(row['inner_1_step_s'], scan_s)
   row['round_s'] = begin_s + finish_s + g_steps * best
-  images = args.batch * (c.datafree.kd_steps if synth.fresh_pool else 1)
+  images = args.batch * ((d.kd_steps or d.ep_steps) if synth.fresh_pool else 1)
   row['synth_images_per_s'] = images / row['round_s']
   row['faster'] = ('not compared' if not args.scan else 'per-step calls'
                    if row['inner_1_step_s'] <= scan_s else f'scan of {args.scan}')
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     for method in args.methods.split(','):
       row = synthesis_row(method, teacher, student, args, mesh)
       row.update(student_rows(method, teacher, student, args, mesh))
-      kd_steps = _config(method, teacher, student, args.batch, False).datafree.kd_steps
+      d = _config(method, teacher, student, args.batch, False).datafree
+      kd_steps = d.kd_steps or d.ep_steps
       base = row['round_s'] + kd_steps * row['student_step_s']
       row['kdci_extra'] = (kd_steps * (row['kdci_step_s'] - row['student_step_s'])
                            + row['kdci_rebuild_s']) / base

@@ -32,11 +32,12 @@ from typing import Any, NamedTuple
 
 from common import ROOT, load_config_module, provenance
 from kdjax import cifar_tables as P
+from kdjax import datafree_tables as DF
 
 CONFIGS = os.path.join(ROOT, 'configs')
 PROTOCOL_EPOCHS = 240
 # config keys counted in epochs, rescaled by --budget (at least 1 where they are > 0)
-EPOCH_KEYS = ('optim.milestones', 'method.cid.init_epochs')
+EPOCH_KEYS = ('optim.milestones', 'method.cid.init_epochs', 'datafree.warmup')
 
 
 class Row(NamedTuple):
@@ -53,6 +54,10 @@ STUDENT = Row('student (CE)', 'teacher')  # arg is the student model name, see s
 KD, FITNET, AT = Row('KD', 'kd'), Row('FitNet', 'fitnet'), Row('AT', 'at')
 CRD, CRD_KD = Row('CRD', 'crd'), Row('CRD+KD', 'crd', '+kd')
 CID, ICD, ICD_KD = Row('CID', 'cid'), Row('ICD', 'icd'), Row('ICD+KD', 'icd', '+kd')
+# data-free rows (methods.md §5) and their KDCI twins (§6)
+DATAFREE = tuple(Row(name + suffix.upper(), f'datafree/{cfg}', suffix)
+                 for name, cfg in (('DAFL', 'dafl'), ('DeepInv', 'deepinv'), ('CMI', 'cmi'),
+                                   ('Fast', 'fast')) for suffix in ('', '+kdci'))
 CID_PAIRS = ('wrn_40_2-wrn_16_2', 'resnet56-resnet20', 'wrn_40_4-wrn_16_2',
              'ResNet50-MobileNetV2', 'ResNet50-vgg8')
 
@@ -66,6 +71,19 @@ TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...], str]] = {
     'resnet56_resnet20': ((STUDENT, KD, CRD, CID, ICD, ICD_KD), ('resnet56-resnet20',),
                           'resnet56 -> resnet20: the column shared by the CRD, CID and ICD '
                           'tables'),
+    'datafree_cifar100': (DATAFREE, tuple(a for a in DF.TABLE_ARGS if a.startswith('cifar100')),
+                          'data-free CIFAR-100 (methods.md section 5), each method with and '
+                          'without KDCI (section 6)'),
+    'datafree_cifar10': (DATAFREE, tuple(a for a in DF.TABLE_ARGS if a.startswith('cifar10-')),
+                         'data-free CIFAR-10 (methods.md section 5), each method with and '
+                         'without KDCI (section 6)'),
+    'datafree_digits': (DATAFREE, ('digits-resnet20-resnet8',),
+                        'data-free on the built-in digits (a kdjax-trained resnet20 teacher '
+                        '-> resnet8), each method with and without KDCI'),
+    'datafree_resnet56_resnet20': (DATAFREE, ('cifar100-resnet56-resnet20',),
+                                   'data-free CIFAR-100 from the converted resnet56 of '
+                                   '../shared/teachers -> resnet20, each method with and '
+                                   'without KDCI'),
 }
 
 
@@ -151,6 +169,7 @@ class Cell(NamedTuple):
   seed: int
   workdir: str
   command: list[str]
+  teacher: str = ''   # the teacher model the cell distils from ('' for the student row)
 
 
 def plan(args: argparse.Namespace, budget: tuple[int, int] | None) -> list[Cell]:
@@ -159,28 +178,28 @@ def plan(args: argparse.Namespace, budget: tuple[int, int] | None) -> list[Cell]
   pairs = [p for p in pairs if not args.pairs or p in args.pairs.split(',')]
   cells = []
   for pair in pairs:
-    teacher = pair.split('-')[0]
     for row in rows:
       path, arg = spec(row, pair)
       config = load_config_module(path).get_config(arg)
+      teacher = config.teacher.model if config.mode in ('distill', 'datafree') else ''
       for seed in range(args.seeds):
         workdir = os.path.join(args.runs, args.table, budget_tag(budget), pair,
                                row.name.split()[0], f'seed{seed}')
         cmd = [sys.executable, '-m', 'kdjax.main', f'--config={path}:{arg}',
                f'--workdir={workdir}', f'--config.seed={seed}', '--config.train.progress=False']
-        if config.mode == 'distill':
+        if teacher:
           cmd.append(f'--config.teacher.checkpoint={os.path.join(args.teachers, teacher)}')
         if args.data_path:
           cmd += ['--config.data.source=archive', f'--config.data.path={args.data_path}']
         cmd += budget_overrides(config, budget) + [f'--config.{o}' for o in args.override]
-        cells.append(Cell(row, pair, seed, workdir, cmd))
+        cells.append(Cell(row, pair, seed, workdir, cmd, teacher))
   return cells
 
 
 def check_teachers(cells: list[Cell], teachers: str) -> None:
   """Fails before any training when a teacher the table needs is missing."""
   from kdjax.train import export
-  needed = sorted({c.pair.split('-')[0] for c in cells if c.row is not STUDENT})
+  needed = sorted({c.teacher for c in cells if c.teacher})
   missing = [t for t in needed if not os.path.exists(os.path.join(teachers, t))]
   if missing:
     raise SystemExit(
@@ -233,6 +252,11 @@ def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
                 'difference': None if lm is None or pub is None else lm - pub,
                 'last_per_seed': last, 'curves': curves,
                 'workdirs': [c.workdir for c in runs]})
+  by_cell = {(s['pair'], s['row']): s for s in out}
+  for s in out:   # KDCI rows: the gain over the same method without it
+    base = by_cell.get((s['pair'], s['row'].removesuffix('+KDCI')))
+    if s['row'].endswith('+KDCI') and base and None not in (s['last_mean'], base['last_mean']):
+      s['kdci_gain'] = s['last_mean'] - base['last_mean']
   return out
 
 
@@ -244,6 +268,7 @@ def _fmt(mean: float | None, std: float | None, seeds: int) -> str:
 
 def markdown(table: str, summary: list[dict[str, Any]], info: dict[str, Any],
              budget: tuple[int, int] | None) -> str:
+  kdci = any(r.name.endswith('+KDCI') for r in TABLES[table][0])
   lines = [f'# kdjax reproduction: {table}', '', TABLES[table][2] + '.', '']
   if budget is not None:
     lines += [f'**REDUCED BUDGET ({budget[0]} epochs'
@@ -254,16 +279,18 @@ def markdown(table: str, summary: list[dict[str, Any]], info: dict[str, Any],
             f"- devices: {info['devices']}", f"- date: {info['date']}",
             '- accuracy: top-1 % on the test set, LAST epoch (the protocol\'s number) and best '
             'epoch, mean ± std over seeds (no std for one seed); CID reports its interventional '
-            'head.', '',
-            '| pair | method | seeds | last | best | published | last - published |',
-            '|---|---|---|---|---|---|---|']
+            'head, +KDCI rows their adjusted (de-confounded) head.', '',
+            '| pair | method | seeds | last | best | published | last - published |'
+            + (' +KDCI - without (last) |' if kdci else ''),
+            '|---|---|---|---|---|---|---|' + ('---|' if kdci else '')]
   for s in summary:
     pub = '-' if s['published'] is None else f"{s['published']:.2f}"
     diff = '-' if s['difference'] is None else f"{s['difference']:+.2f}"
+    gain = f" {s['kdci_gain']:+.2f} |" if 'kdci_gain' in s else ' - |'
     lines.append(f"| {s['pair']} | {s['row']} | {s['seeds']} | "
                  f"{_fmt(s['last_mean'], s['last_std'], s['seeds'])} | "
                  f"{_fmt(s['best_mean'], s['best_std'], s['seeds'])}"
-                 f" | {pub} | {diff} |")
+                 f" | {pub} | {diff} |" + (gain if kdci else ''))
   sources = list(dict.fromkeys(s['published_source'] for s in summary if s['published_source']))
   lines += ['', 'Published: "-" where methods.md records no number for the cell. Sources:']
   lines += [f"- {', '.join(sorted({s['row'] for s in summary if s['published_source'] == src}))}: "

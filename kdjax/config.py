@@ -122,7 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.datafree = ml_collections.ConfigDict()
   c.datafree.method = 'fast'         # dafl | deepinv | cmi | fast
   c.datafree.synthesis_batch_size = 0   # images per round; 0 = train.batch_size
-  c.datafree.kd_steps = 400          # student steps after each synthesis round
+  c.datafree.kd_steps = 0            # student steps after each round; 0 = ep_steps (one round
+                                     # per epoch, as the reference runs all but DAFL)
   c.datafree.ep_steps = 400          # student steps per epoch (ep_steps // kd_steps rounds)
   c.datafree.warmup = 0              # epochs of synthesis only, before the student trains
   c.datafree.pool_capacity = 65536   # images kept (ring buffer; DAFL keeps one round's)
@@ -194,9 +195,10 @@ _RANGES = (
     (('train.epochs', 'train.batch_size', 'train.eval_batch_size', 'train.eval_every',
       'optim.lr', 'optim.decay_rate', 'checkpoint.keep', 'checkpoint.every',
       'method.temperature', 'data.image_size'), lambda v: v > 0, '> 0'),
-    (('datafree.kd_steps', 'datafree.ep_steps', 'datafree.pool_capacity', 'datafree.nz',
+    (('datafree.ep_steps', 'datafree.pool_capacity', 'datafree.nz',
       'datafree.ngf'), lambda v: v > 0, '> 0'),
-    (('datafree.synthesis_batch_size', 'datafree.warmup', 'datafree.steps_per_call',
+    (('datafree.synthesis_batch_size', 'datafree.kd_steps', 'datafree.warmup',
+      'datafree.steps_per_call',
       'datafree.grid', 'optim.min_lr'), lambda v: v >= 0, '>= 0'),
     (('data.crop_padding', 'optim.weight_decay', 'method.gamma', 'method.alpha',
       'method.beta', 'train.max_skipped_steps'), lambda v: v >= 0, '>= 0'),
@@ -313,7 +315,7 @@ def _check_datafree(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config key 'datafree.eval_split' is 'train': a data-free run never reads "
                       "the training data; use 'test'")
   _one_of('datafree.eval_split', d.eval_split, ('test',))
-  if d.ep_steps % d.kd_steps:
+  if d.kd_steps and d.ep_steps % d.kd_steps:
     raise ConfigError(f"config key 'datafree.ep_steps' = {d.ep_steps} must be a multiple of "
                       f"datafree.kd_steps = {d.kd_steps} (rounds per epoch = ep_steps // kd_steps)")
   if d.warmup >= config.train.epochs:

@@ -18,8 +18,8 @@ ARGS = P.ARGS
 def get_config(arg: str = 'cifar100-resnet34-resnet18'):
   c = P.datafree_config(arg, 'dafl')
   c.datafree.nz = 512
-  c.datafree.kd_steps = min(5, c.datafree.kd_steps)
-  c.datafree.ep_steps = max(c.datafree.ep_steps, c.datafree.kd_steps)
+  c.datafree.kd_steps = 5 if '+smoke' not in arg else 2   # 5 student steps per generator step
+
   c.method.temperature = 1.0
   c.data.crop_padding = 0
   c.data.flip = False

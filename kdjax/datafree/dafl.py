@@ -78,7 +78,7 @@ def finish(state, carry, ctx: base.SynthContext):
   batch statistics are per batch, as when the reference samples step by step)."""
   del state
   key = jax.random.fold_in(carry['key'], 1)
-  n = ctx.config.kd_steps
+  n = ctx.config.kd_steps or ctx.config.ep_steps
   z = jax.random.normal(key, (n, ctx.batch_size, ctx.config.nz))
 
   def sample(stats, zb):

@@ -44,15 +44,15 @@ class Schedule:
 
   def __init__(self, config: ml_collections.ConfigDict, fresh_pool: bool, syn_batch: int):
     d = config.datafree
-    self.kd_steps = d.kd_steps
-    self.rounds_per_epoch = d.ep_steps // d.kd_steps
+    self.kd_steps = d.kd_steps or d.ep_steps
+    self.rounds_per_epoch = d.ep_steps // self.kd_steps
     self.warmup_rounds = d.warmup * self.rounds_per_epoch
     self.epochs = config.train.epochs
     self.fresh_pool = fresh_pool
     self.syn_batch = syn_batch
     self.batch = config.train.batch_size
     self.seed = config.seed
-    self.capacity = d.kd_steps * syn_batch if fresh_pool else d.pool_capacity
+    self.capacity = self.kd_steps * syn_batch if fresh_pool else d.pool_capacity
 
   @property
   def student_epochs(self) -> int:

@@ -18,8 +18,9 @@ read, and each process reads only its rows, so every validation image counts exa
 from __future__ import annotations
 
 import collections
+import itertools
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -76,10 +77,15 @@ class StreamingFeed:
     while queue:
       yield queue.popleft()
 
-  def epoch_inputs(self, epoch: int, chunks: np.ndarray) -> Iterator[Batch]:
-    """``(images[K, B], labels[K, B], idx[K, B])`` per chunk of ``chunks`` (C, K, B)."""
-    if len(chunks) == 0:
-      return iter(())
+  def epoch_inputs(self, epoch: int, chunks: Sequence[np.ndarray]) -> Iterator[Batch]:
+    """``(images[K, B], labels[K, B], idx[K, B])`` per (K, B) chunk of ``chunks``, in order;
+    runs of equally shaped chunks are read ahead together (the epoch's last partial batch
+    is a chunk of its own shape)."""
+    groups = itertools.groupby(chunks, key=lambda c: c.shape)
+    return itertools.chain.from_iterable(self._group_inputs(epoch, np.stack(list(g)))
+                                         for _, g in groups)
+
+  def _group_inputs(self, epoch: int, chunks: np.ndarray) -> Iterator[Batch]:
     _, k, b = chunks.shape
     mine = chunks[:, :, self._rows(b)]
     spec = P(None, DATA_AXIS)
