@@ -51,7 +51,7 @@ from kdjax.losses.cid import (ContextAccumulator, SampleRegressor, cid_loss, con
                               context_finalize, init_context_accumulator, interventional_logits,
                               InterventionalHead)
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
-                                register)
+                                fraction, non_negative, register)
 
 PyTree = Any
 
@@ -159,6 +159,11 @@ def _decay_mask(params: PyTree) -> PyTree:
   return {k: jax.tree.map(lambda _: k != 'regressor', v) for k, v in params.items()}
 
 
+_OPTIONS = (
+    ('init_epochs', non_negative, '>= 0'), ('a', non_negative, '>= 0'),
+    ('b', non_negative, '>= 0'), ('c', non_negative, '>= 0'), ('cu', fraction, 'in [0, 1]'),
+)
+
 CID = register(Method(name='cid', loss=_loss, needs_teacher=True, init=_init,
                       end_epoch=_end_epoch, eval_heads=_eval_heads, decay_mask=_decay_mask,
-                      default_config=default_config))
+                      default_config=default_config, options=_OPTIONS))
