@@ -127,5 +127,14 @@ def main(argv: list[str]) -> None:
         f'{out}', flush=True)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a bad flag value as one line instead of absl's FATAL block."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}; see --help')
+  return []
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

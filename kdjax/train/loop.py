@@ -236,9 +236,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   skipped = 0  # steps skipped for a non-finite loss, over the whole run
   resume_changes = {}
   if ckpts.latest_step() is not None:
-    state, restored_meta = ckpts.restore(state, fp)
+    state, restored_meta = ckpts.restore(  # a refused config change stops before any read
+        state, fp, check=lambda m, step: check_resume(m.get('config'), config,
+                                                      step // steps_per_epoch))
     skipped = restored_meta.get('skipped_steps', 0)
-    resume_changes = check_resume(restored_meta.get('config'), config)
+    resume_changes = check_resume(restored_meta.get('config'), config,
+                                  int(state.step) // steps_per_epoch)
     _print(f'kdjax: resuming {workdir} from step {int(state.step)}')
 
   feed_kind = resolve_feed(config.data.feed, jax.process_count())

@@ -28,7 +28,7 @@ LOCK_FILE = '.kdjax.lock'
 # must be as it was (a changed optim.lr or data.train_examples would silently mix two
 # experiments). A prefix ending in '.' admits the whole group.
 RESUMABLE_KEYS = (
-    'train.epochs',            # extending a run (never shortening: see check_resume)
+    'train.epochs',            # extending or ending earlier (never below what is done)
     'train.progress', 'train.eval_every', 'train.eval_batch_size', 'train.steps_per_call',
     'train.max_skipped_steps',
     'checkpoint.',
@@ -125,11 +125,12 @@ def _resumable(key: str) -> bool:
   return any(key == k or (k.endswith('.') and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
-def check_resume(saved: dict[str, Any] | None, config: ml_collections.ConfigDict
-                 ) -> dict[str, tuple[Any, Any]]:
+def check_resume(saved: dict[str, Any] | None, config: ml_collections.ConfigDict,
+                 done_epochs: int = 0) -> dict[str, tuple[Any, Any]]:
   """The accepted changes ``{key: (old, new)}`` between the config a checkpoint was
   written with (``saved``, from ``config_record``; None for checkpoints that predate it)
-  and the resuming run's; ConfigError naming the first key that may not change."""
+  and the resuming run's, whose checkpoint has ``done_epochs`` epochs behind it;
+  ConfigError naming the first key that may not change."""
   if saved is None:
     return {}
   now = config_record(config)
@@ -141,11 +142,11 @@ def check_resume(saved: dict[str, Any] | None, config: ml_collections.ConfigDict
           f"config key '{key}' is {new!r} but the run in this workdir was started with "
           f'{old!r}; a resumed run must keep it (train.epochs may grow, logging, '
           'checkpointing and paths may change): set it back, or use a new --workdir')
-  if 'train.epochs' in changed and changed['train.epochs'][1] < changed['train.epochs'][0]:
+  if 'train.epochs' in changed and changed['train.epochs'][1] < done_epochs:
     old, new = changed['train.epochs']
-    raise ConfigError(f"config key 'train.epochs' is {new} but the run in this workdir was "
-                      f'started with {old}; a resumed run can be extended, not shortened: '
-                      'use a new --workdir')
+    raise ConfigError(f"config key 'train.epochs' is {new} but the run in this workdir (started "
+                      f'with {old}) has already trained {done_epochs}; it can be extended or '
+                      'stopped earlier, not undone: use a new --workdir')
   return changed
 
 
