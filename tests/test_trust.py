@@ -164,6 +164,46 @@ def test_full_disk_leaves_the_previous_export_intact(where, tmp_path, monkeypatc
   assert sorted(os.listdir(tmp_path)) == ['best']  # nothing half-written left beside it
 
 
+_FILL_THE_DISK = """
+import json, os, sys
+import jax, numpy as np
+sys.path.insert(0, sys.argv[2])
+from kdjax.models import create_model
+from kdjax.train import export
+v = create_model('resnet8', 4).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+v = {'params': v['params'], 'batch_stats': v['batch_stats'], 'method': {}}
+path = os.path.join(sys.argv[1], 'best')
+export.save(path, v, {'model': 'resnet8', 'num_classes': 4, 'test_accuracy': 0.1})
+try:
+  export.save(path, jax.tree.map(lambda x: x + 1, v), {'model': 'resnet8', 'num_classes': 4})
+  full = None
+except Exception as e:
+  full = export.disk_full(e)
+print(json.dumps({'full': full, 'accuracy': export.load(path)[0]['test_accuracy'],
+                  'listing': sorted(os.listdir(sys.argv[1]))}))
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_leaves_the_previous_export_intact(tmp_path):
+  """On a 600 KiB tmpfs (in a private mount namespace) one resnet8 export fits, two do not."""
+  import shutil
+  if shutil.which('unshare') is None or subprocess.run(
+      ['unshare', '-m', 'true'], capture_output=True).returncode != 0:
+    pytest.skip('cannot create a mount namespace here (needs root); the injected ENOSPC '
+                'test covers the same path')
+  (tmp_path / 'disk').mkdir()
+  (tmp_path / 'fill.py').write_text(_FILL_THE_DISK)
+  result = subprocess.run(
+      ['unshare', '-m', '--propagation', 'private', 'sh', '-c',
+       f'mount -t tmpfs -o size=600k tmpfs {tmp_path}/disk && '
+       f'{sys.executable} {tmp_path}/fill.py {tmp_path}/disk {REPO}'],
+      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  outcome = json.loads(result.stdout.strip().splitlines()[-1])
+  assert outcome == {'full': True, 'accuracy': 0.1, 'listing': ['best']}
+
+
 def test_interrupted_swap_is_recovered(tmp_path):
   """Killed between the two renames of a replacement: the old export is still found and
   put back by the next save."""
