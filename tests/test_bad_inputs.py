@@ -287,7 +287,10 @@ CASES = [
      'the pixel values in train must lie in 0..255, found 300..300'),
     # numbers that pass '> 0' but mean nothing
     ('lr_inf', FAKE + ['--config.optim.lr=inf'], "'optim.lr' must be a finite number, got inf"),
-    ('lr_nan', FAKE + ['--config.optim.lr=nan'], "config key 'optim.lr' must be"),
+    ('kd_weight_inf', DISTILL + ['--config.method.alpha=inf'],
+     "'method.alpha' must be a finite number, got inf"),
+    ('milestone_inf', FAKE + ['--config.optim.milestones=(100,1e999)'],
+     "'optim.milestones' must be a finite number"),
     ('temperature_inf', DISTILL + ['--config.method.temperature=inf'],
      "'method.temperature' must be a finite number"),
     # method options out of their declared ranges, found before anything compiles
