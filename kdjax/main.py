@@ -124,11 +124,11 @@ def _main(argv: list[str], workdir: str | None) -> None:
     _fail('--workdir is required, e.g. --workdir /tmp/kdjax_run', 2)
   try:
     validate_distributed(config)
-    if workdir and config.mode != 'evaluate':
-      check_writable(workdir)
     # before any JAX backend use, and before validate: the device count is then global
     initialize_distributed(config)
     validate(config)
+    if workdir and config.mode != 'evaluate':
+      check_writable(workdir)  # after validate: a refused config leaves no workdir behind
     run(config, workdir or '')
   except (ConfigError, DataError, CheckpointError, export.ExportError) as e:
     _fail(str(e), _PLATFORM_EXIT_CODES['user'])

@@ -179,29 +179,41 @@ try:
   full = None
 except Exception as e:
   full = export.disk_full(e)
+from kdjax.config import ConfigError
+from kdjax.train.workdir import check_writable
+try:
+  check_writable(os.path.join(sys.argv[3], 'run'))
+  read_only = None
+except ConfigError as e:
+  read_only = str(e)
 print(json.dumps({'full': full, 'accuracy': export.load(path)[0]['test_accuracy'],
-                  'listing': sorted(os.listdir(sys.argv[1]))}))
+                  'listing': sorted(os.listdir(sys.argv[1])), 'read_only': read_only}))
 """
 
 
 @pytest.mark.slow
 def test_a_real_full_disk_leaves_the_previous_export_intact(tmp_path):
-  """On a 600 KiB tmpfs (in a private mount namespace) one resnet8 export fits, two do not."""
+  """On a 600 KiB tmpfs (in a private mount namespace) one resnet8 export fits, two do not;
+  a workdir on a read-only file system is refused in one line."""
   import shutil
   if shutil.which('unshare') is None or subprocess.run(
       ['unshare', '-m', 'true'], capture_output=True).returncode != 0:
     pytest.skip('cannot create a mount namespace here (needs root); the injected ENOSPC '
                 'test covers the same path')
   (tmp_path / 'disk').mkdir()
+  (tmp_path / 'ro').mkdir()
   (tmp_path / 'fill.py').write_text(_FILL_THE_DISK)
   result = subprocess.run(
       ['unshare', '-m', '--propagation', 'private', 'sh', '-c',
        f'mount -t tmpfs -o size=600k tmpfs {tmp_path}/disk && '
-       f'{sys.executable} {tmp_path}/fill.py {tmp_path}/disk {REPO}'],
+       f'mount -t tmpfs -o ro,size=64k tmpfs {tmp_path}/ro && '
+       f'{sys.executable} {tmp_path}/fill.py {tmp_path}/disk {REPO} {tmp_path}/ro'],
       capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode == 0, result.stderr[-2000:]
   outcome = json.loads(result.stdout.strip().splitlines()[-1])
-  assert outcome == {'full': True, 'accuracy': 0.1, 'listing': ['best']}
+  assert outcome == {'full': True, 'accuracy': 0.1, 'listing': ['best'], 'read_only': (
+      f'cannot write in --workdir {tmp_path}/ro/run (Read-only file system); give a directory '
+      'on a writable file system')}
 
 
 def test_interrupted_swap_is_recovered(tmp_path):
