@@ -340,16 +340,19 @@ CASES = [
      "'std' must be a list of 3 numbers > 0"),
     ('teacher_variables_truncated', DISTILL + [
         '--config.teacher.checkpoint={tmp}/variables_truncated'],
-     'variables_truncated/variables'),
+     'variables_truncated/variables: its files do not match the digest recorded when the model '
+     'was exported'),
     ('teacher_variables_missing', DISTILL + [
         '--config.teacher.checkpoint={tmp}/variables_missing'],
      'has no variables/ beside kdjax_model.json; the export is incomplete'),
     ('teacher_variables_flipped', DISTILL + [
         '--config.teacher.checkpoint={tmp}/variables_flipped'],
-     'variables_flipped/variables'),
+     'variables_flipped/variables: its files do not match the digest recorded when the model '
+     'was exported'),
     ('evaluate_variables_flipped', FAKE + ['--config.mode=evaluate',
                                            '--config.evaluate.checkpoint={tmp}/variables_flipped'],
-     "config key 'evaluate.checkpoint': {tmp}/variables_flipped/variables"),
+     "config key 'evaluate.checkpoint': {tmp}/variables_flipped/variables: its files do not "
+     'match the digest'),
     # python -m kdjax.convert: unusable normalisation, folders it must not touch
     ('convert_zero_std', CONVERT + ['--std=0.2,0,0.2'],
      '--std must be 3 positive numbers (one per RGB channel), got 0.2,0,0.2'),

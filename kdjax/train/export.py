@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import math
 import os
@@ -115,24 +116,23 @@ def read_meta(path: str) -> dict[str, Any]:
   return check_meta(meta, file)
 
 
-def variables_digest(variables: Any) -> str:
-  """A digest of an export's values keyed by their paths, so it does not depend on the
-  container types (a saved tuple may be restored as a list)."""
-  from kdjax.train.checkpoint import tree_digest
-  flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-  return tree_digest(dict(sorted((_path(k), np.asarray(v)) for k, v in flat)))
+def variables_digest(directory: str) -> str:
+  """A digest of every file under an export's ``variables/`` (names, sizes, bytes).
 
-
-def _path(keys: tuple) -> str:
-  parts = []
-  for k in keys:
-    for attr in ('key', 'idx', 'name'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
+  Checked before orbax reads anything: a truncated or changed store is then refused in
+  one line, where orbax would fail part-way (leaving its pending reads to print
+  tracebacks) or, worse, read changed values without complaint.
+  """
+  h = hashlib.blake2b(digest_size=16)
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      h.update(f'{os.path.relpath(path, directory)}\0{os.path.getsize(path)}\0'.encode())
+      with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          h.update(chunk)
+  return h.hexdigest()
 
 
 def disk_full(error: BaseException | None) -> bool:
@@ -220,9 +220,9 @@ def save(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
       ckptr.save(os.path.join(staging, VARIABLES_DIR), variables, force=True)
     if is_main_process():
       tmp = os.path.join(staging, META_FILE + '.tmp')
+      digest = variables_digest(os.path.join(staging, VARIABLES_DIR))
       with open(tmp, 'w') as f:
-        json.dump({**meta, DIGEST_KEY: variables_digest(variables)}, f, indent=1,
-                  sort_keys=True)
+        json.dump({**meta, DIGEST_KEY: digest}, f, indent=1, sort_keys=True)
       os.replace(tmp, os.path.join(staging, META_FILE))
       _swap(staging, path)
   except BaseException:
@@ -234,13 +234,19 @@ def save(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
 
 def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """Returns (meta, variables) with numpy leaves; ExportError naming the export if its
-  metadata is unusable, its variables cannot be read or their values miss the digest."""
+  metadata is unusable, its files miss their digest or its variables cannot be read."""
   path = resolve(path)
   meta = read_meta(path)
   variables_dir = os.path.join(path, VARIABLES_DIR)
   if not os.path.isdir(variables_dir):
     raise ExportError(f'{path} has no {VARIABLES_DIR}/ beside {META_FILE}; the export is '
                       'incomplete: export or copy the model again')
+  if DIGEST_KEY not in meta:
+    _warn_once(f'kdjax: warning: {path} records no digest of its files (exported by an '
+               'older kdjax), so damage to it cannot be detected; export it again to add one')
+  elif variables_digest(variables_dir) != meta[DIGEST_KEY]:
+    raise ExportError(f'{variables_dir}: its files do not match the digest recorded when '
+                      'the model was exported; the export is damaged: export or copy it again')
   try:
     with ocp.StandardCheckpointer() as ckptr:
       variables = ckptr.restore(variables_dir)
@@ -251,12 +257,6 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   if not isinstance(variables, dict) or 'params' not in variables:
     raise ExportError(f'{variables_dir} holds no model parameters; the export is damaged: '
                       'export or copy the model again')
-  if DIGEST_KEY not in meta:
-    _warn_once(f'kdjax: warning: {path} records no digest of its values (exported by an '
-               'older kdjax), so damage to it cannot be detected; export it again to add one')
-  elif variables_digest(variables) != meta[DIGEST_KEY]:
-    raise ExportError(f'{variables_dir}: the values do not match the digest recorded when '
-                      'the model was exported; the export is damaged: export or copy it again')
   return meta, variables
 
 
