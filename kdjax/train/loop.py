@@ -270,7 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   meta = {'fingerprint': fp, 'model': config.model.name, 'num_classes': num_classes,
           'config': config_record(config)}
   writer = MetricWriter(workdir) if is_main_process() else None
-  record_changes(writer, int(state.step), resume_changes, _print)
+  changes_record = record_changes(resume_changes, _print)  # into the next epoch's record
   best_path = os.path.join(workdir, 'best')
   best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
       os.path.join(best_path, export.META_FILE)) else -1.0
@@ -346,7 +346,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       seconds = time.time() - t_epoch
       record = {'epoch': epoch + 1, **train_metrics,
                 'train/images_per_second': len(chunks) * k * batch / seconds,
-                'lr': float(schedule(int(state.step) - 1))}
+                'lr': float(schedule(int(state.step) - 1)), **changes_record}
+      changes_record = {}
       last_epoch = epoch + 1 == config.train.epochs
       if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
         last_eval = run_eval(state)

@@ -3,7 +3,8 @@ that continues the same run.
 
 Used by every run mode that owns a workdir (``loop.train``, and any other loop): wrap it
 in ``locked``, store ``config_record(config)`` in the checkpoint meta, and on resume
-call ``check_resume`` with the stored record, then ``record_changes``.
+call ``check_resume`` with the stored record, and add what ``record_changes`` returns to
+the next metrics record.
 """
 from __future__ import annotations
 
@@ -150,14 +151,13 @@ def check_resume(saved: dict[str, Any] | None, config: ml_collections.ConfigDict
   return changed
 
 
-def record_changes(writer: Any, step: int, changes: dict[str, tuple[Any, Any]],
-                   log: Callable[[str], None]) -> None:
-  """Prints the accepted changes and appends them to ``metrics.jsonl`` (``writer``:
-  a MetricWriter, or None on processes that do not write metrics)."""
+def record_changes(changes: dict[str, tuple[Any, Any]], log: Callable[[str], None]
+                   ) -> dict[str, str]:
+  """Prints the accepted changes; returns the metrics field that records them, to add to
+  the next epoch's record in ``metrics.jsonl`` (so that every record stays an epoch's)."""
   if not changes:
-    return
+    return {}
   text = ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changes.items())
   log(f'kdjax: resuming with changed {text}')
-  if writer is not None:
-    writer.write(step, {'resume_changes': json.dumps(
-        {k: {'old': old, 'new': new} for k, (old, new) in changes.items()})})
+  return {'resume_changes': json.dumps(
+      {k: {'old': old, 'new': new} for k, (old, new) in changes.items()})}
