@@ -209,7 +209,18 @@ _RANGES = (
 )
 
 
+def _check_finite(config: ml_collections.ConfigDict, prefix: str = '') -> None:
+  """inf or nan is never a meaningful setting (an lr of inf passes '> 0')."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_finite(value, f'{prefix}{key}.')
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"config key '{prefix}{key}' must be a finite number, got {value!r}")
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  _check_finite(config)
   for keys, ok, accepted in _RANGES:
     for key in keys:
       group, name = key.split('.')
@@ -283,17 +294,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   except DataError as e:
     raise ConfigError(str(e)) from None
 
+  method = methods.get_method(config.method.name)
+  teacher = None  # the teacher's module, for the method's checks
   if config.mode == 'pipeline':
     _one_of('pipeline.teacher_model', config.pipeline.teacher_model, models.model_names())
-  needs_teacher = config.mode == 'datafree' or (
-      config.mode == 'distill' and methods.get_method(config.method.name).needs_teacher)
-  if needs_teacher:
+    teacher = models.create_model(config.pipeline.teacher_model, 10)
+  if config.mode == 'datafree' or (config.mode == 'distill' and method.needs_teacher):
     if not config.teacher.checkpoint:
       raise ConfigError(f"method '{config.method.name}' needs a teacher: set "
                         "--config.teacher.checkpoint=PATH (an exported model or a kdjax workdir)")
     if config.teacher.model:
       _one_of('teacher.model', config.teacher.model, models.model_names())
-    _check_model_checkpoint('teacher.checkpoint', config.teacher.checkpoint, config.teacher.model)
+    meta = _check_model_checkpoint('teacher.checkpoint', config.teacher.checkpoint,
+                                   config.teacher.model)
+    _check_teacher_data(config, meta)
+    from kdjax.train import export
+    teacher = export.model_from_meta(meta)
+  if config.mode in ('distill', 'pipeline', 'datafree'):
+    from kdjax.methods.base import CheckContext, check_options
+    size = config.data.image_size
+    check_options(method, config.method, lambda: CheckContext(
+        _feature_shapes(models.create_model(config.model.name, 10), size),
+        _feature_shapes(teacher, size) if teacher is not None else None))
   if config.mode == 'evaluate':
     if not config.evaluate.checkpoint:
       raise ConfigError("mode 'evaluate' needs --config.evaluate.checkpoint=PATH "
@@ -380,6 +402,31 @@ def _teacher_has_batchnorm(meta: dict[str, Any], image_size: int) -> bool:
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jax.numpy.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
   return has_batchnorm(model, variables, (1, image_size, image_size, 3))
+
+
+def _feature_shapes(model: Any, image_size: int) -> tuple[tuple[int, ...], ...]:
+  """The shapes of a model's feature list for one example (abstract: nothing is run)."""
+  import jax.numpy as jnp
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+
+  def feats(x):
+    return model.apply(model.init(jax.random.key(0), x, train=False), x, train=False)[1]
+  return tuple(tuple(f.shape) for f in jax.eval_shape(feats, x))
+
+
+def _check_teacher_data(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:
+  """A teacher only means something on the data it was trained on, at its image size."""
+  path = config.teacher.checkpoint
+  size = meta.get('image_size')
+  if size and size != config.data.image_size:
+    raise ConfigError(f"config key 'data.image_size' is {config.data.image_size} but the "
+                      f'teacher in {path} was trained on {size}x{size} images; use '
+                      f'--config.data.image_size={size}')
+  dataset = meta.get('dataset')
+  if dataset and dataset != config.data.name:
+    raise ConfigError(f"config key 'data.name' is {config.data.name!r} but the teacher in "
+                      f'{path} was trained on {dataset!r}; distil on {dataset!r} or use a '
+                      'teacher trained on this dataset')
 
 
 def _check_transfer(config: ml_collections.ConfigDict) -> None:

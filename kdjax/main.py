@@ -10,12 +10,20 @@ Override any key with ``--config.<key>=<value>`` (e.g. ``--config.train.epochs=5
 A workdir that holds checkpoints of the same experiment is resumed. Several processes
 train one model when each runs the same command with ``--config.distributed.enabled``
 and its own ``--config.distributed.process_id`` (see README, Multi-host).
+
+Exit codes: 0 done; 2 a mistake to fix (config, data, files, a workdir in use, a full
+disk), reported in one ``kdjax: error:`` line; 3 a non-finite loss; 130 Ctrl-C (SIGINT)
+and 143 SIGTERM, both after saving the state; 1 an error kdjax did not foresee: one
+line naming the file that holds its full traceback.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import tempfile
+import time
 import traceback
 
 from absl import app, flags, logging
@@ -26,7 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, metrics and the exported model.')
-_PLATFORM_EXIT_CODES = {'user': 2, 'preempted': 143, 'nonfinite': 3}
+_PLATFORM_EXIT_CODES = {'user': 2, 'preempted': 143, 'interrupted': 130, 'nonfinite': 3,
+                        'unexpected': 1}
 
 
 def _fail(message: str, code: int) -> None:
@@ -34,7 +43,65 @@ def _fail(message: str, code: int) -> None:
   sys.exit(code)
 
 
+def _config_value() -> object:
+  """The loaded config, or a one-line error if the --config file did not give one."""
+  import ml_collections
+  config = _CONFIG.value
+  if config is None and not flags.FLAGS['config'].present:
+    _fail('--config is required, e.g. --config configs/default.py', 2)
+  if not isinstance(config, ml_collections.ConfigDict):
+    getattr(config, 'mode', None)  # config_flags' stand-in for an unloadable file raises here
+    got = 'None (is a return statement missing?)' if config is None else (
+        f'a {type(config).__name__}')
+    _fail(f'the --config file\'s get_config() returned {got}; it must return an '
+          'ml_collections.ConfigDict, e.g. built from kdjax.config.base_config()', 2)
+  return config
+
+
+def _traceback_file(workdir: str | None) -> str:
+  """Writes the current exception's traceback where the user will find it."""
+  name = f'kdjax-traceback-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}.txt'
+  for folder in (workdir, tempfile.gettempdir()):
+    if not folder or not os.path.isdir(folder):
+      continue
+    path = os.path.join(folder, name)
+    try:
+      with open(path, 'w') as f:
+        f.write(f'kdjax {" ".join(sys.argv)}\n\n{traceback.format_exc()}')
+      return path
+    except OSError:
+      continue
+  return 'nowhere (no writable folder; run with --verbosity=1 to see it)'
+
+
+def _unexpected(error: BaseException, workdir: str | None) -> None:
+  """The last resort: one line for an error kdjax did not foresee, the traceback in a file."""
+  from kdjax.train import export
+  if export.disk_full(error):
+    _fail('no space left on the device (or over quota) while writing; the last complete '
+          'checkpoint and exports are kept: free some space and run the same command again '
+          'to resume', _PLATFORM_EXIT_CODES['user'])
+  reason = ' '.join(str(error).split())[:300] or 'no message'
+  where = _traceback_file(workdir)
+  _fail(f'unexpected {type(error).__name__}: {reason} (full traceback in {where}); this is '
+        'a kdjax bug or an unforeseen situation: please report it with that file',
+        _PLATFORM_EXIT_CODES['unexpected'])
+
+
 def main(argv: list[str]) -> None:
+  workdir = os.path.abspath(_WORKDIR.value) if _WORKDIR.value else None
+  try:
+    _main(argv, workdir)
+  except SystemExit:
+    raise
+  except KeyboardInterrupt:  # Ctrl-C outside the train loop (which saves and says so)
+    _fail('interrupted (SIGINT) before any state was saved in this run',
+          _PLATFORM_EXIT_CODES['interrupted'])
+  except Exception as e:  # noqa: BLE001 - the last-resort handler
+    _unexpected(e, workdir)
+
+
+def _main(argv: list[str], workdir: str | None) -> None:
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; pass options as --config.<key>=<value>', 2)
   if not flags.FLAGS['verbosity'].present:
@@ -46,27 +113,28 @@ def main(argv: list[str]) -> None:
   from kdjax.train.checkpoint import CheckpointError
   from kdjax.train.loop import NonFiniteLoss, Preempted, run
   from kdjax.train.mesh import initialize_distributed
+  from kdjax.train.workdir import check_writable
 
-  config = _CONFIG.value
-  if config is None:
-    _fail('--config is required, e.g. --config configs/default.py', 2)
   try:
-    config.mode  # config_flags loads the file lazily and raises here if it could not
+    config = _config_value()  # config_flags loads the file lazily and raises here if it could not
   except OSError as e:
     reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
     _fail(f'cannot load the --config file: {reason}', 2)
-  if config.mode != 'evaluate' and not _WORKDIR.value:
+  if config.get('mode') != 'evaluate' and not workdir:
     _fail('--workdir is required, e.g. --workdir /tmp/kdjax_run', 2)
   try:
     validate_distributed(config)
     # before any JAX backend use, and before validate: the device count is then global
     initialize_distributed(config)
     validate(config)
-    run(config, os.path.abspath(_WORKDIR.value) if _WORKDIR.value else '')
+    if workdir and config.mode != 'evaluate':
+      check_writable(workdir)  # after validate: a refused config leaves no workdir behind
+    run(config, workdir or '')
   except (ConfigError, DataError, CheckpointError, export.ExportError) as e:
     _fail(str(e), _PLATFORM_EXIT_CODES['user'])
   except Preempted as e:
-    _fail(str(e), _PLATFORM_EXIT_CODES['preempted'])
+    _fail(str(e), _PLATFORM_EXIT_CODES[
+        'interrupted' if e.signum == signal.SIGINT else 'preempted'])
   except NonFiniteLoss as e:
     _fail(str(e), _PLATFORM_EXIT_CODES['nonfinite'])
 
@@ -106,6 +174,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     raise
   except Exception as e:  # noqa: BLE001 - a config file can raise anything
     path = _config_path(argv)
+    if isinstance(e, AttributeError) and "has no attribute 'get_config'" in str(e):
+      _fail(f'the --config file {os.path.relpath(path)} defines no get_config(); it must '
+            'define get_config() returning an ml_collections.ConfigDict', 2)
     origin = _raised_in(e, path)
     if origin is None:
       _report_override_error(e)

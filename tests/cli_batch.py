@@ -3,8 +3,8 @@ import: this process imports everything the CLI imports, without starting a JAX 
 then forks once per command line; each child sets its environment (e.g. XLA_FLAGS, read
 when the backend starts) and runs the CLI's own ``app.run(main, _parse_flags)``.
 
-stdin: JSON list of {"argv": [...], "env": {...}}; stdout: JSON list of
-{"returncode", "stdout", "stderr"} in the same order.
+stdin: JSON list of {"argv": [...], "env": {...}, "module": "kdjax.main" (default) or
+"kdjax.convert"}; stdout: JSON list of {"returncode", "stdout", "stderr"} in the same order.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import tempfile
 import traceback
 
 
-def _child(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
+def _child(argv: list[str], env: dict[str, str], out: str, err: str, module: str) -> None:
   for fd, path in ((1, out), (2, err)):
     f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(f, fd)
@@ -26,9 +26,13 @@ def _child(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
     os.environ.update(env)
     from absl import app
 
-    from kdjax import main as cli
-    sys.argv = ['kdjax.main', *argv]
-    app.run(cli.main, flags_parser=cli._parse_flags)
+    sys.argv = [module, *argv]
+    if module == 'kdjax.convert':
+      from kdjax import convert
+      app.run(convert.main, flags_parser=convert.parse_flags)
+    else:
+      from kdjax import main as cli
+      app.run(cli.main, flags_parser=cli._parse_flags)
   except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   except BaseException:  # as the interpreter would: traceback, exit 1
@@ -42,7 +46,7 @@ def _child(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
 def main() -> None:
   cases = json.load(sys.stdin)
   # everything main() imports lazily, so that the children start warm
-  for module in ('kdjax.config', 'kdjax.main', 'kdjax.train.loop'):
+  for module in ('kdjax.config', 'kdjax.main', 'kdjax.convert', 'kdjax.train.loop'):
     importlib.import_module(module)
   results = []
   with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +54,7 @@ def main() -> None:
     for case in cases:
       pid = os.fork()
       if pid == 0:
-        _child(case['argv'], case.get('env', {}), out, err)
+        _child(case['argv'], case.get('env', {}), out, err, case.get('module', 'kdjax.main'))
       _, status = os.waitpid(pid, 0)
       with open(out) as f_out, open(err) as f_err:
         results.append({'returncode': os.waitstatus_to_exitcode(status),

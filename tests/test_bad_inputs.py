@@ -8,9 +8,12 @@ catalogue costs one JAX import rather than one per case.
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,6 +25,7 @@ import pytest
 from kdjax.models import create_model
 from kdjax.train import export
 from kdjax.train.checkpoint import Checkpoints
+from kdjax.train.workdir import hold
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +35,13 @@ FAKE = ['--config', 'configs/default.py', '--workdir', '{tmp}/run', '--config.mo
         '--config.train.epochs=1', '--config.train.batch_size=32',
         '--config.train.progress=False']
 DISTILL = FAKE + ['--config.mode=distill', '--config.method.name=kd']
+# a teacher that fits FAKE's data (10 fake classes, 32x32)
+TAUGHT = DISTILL + ['--config.teacher.checkpoint={tmp}/teacher_fake']
+CONVERT = ['@kdjax.convert', '--torch_checkpoint', '{tmp}/a_file', '--model', 'resnet8',
+           '--num_classes', '10', '--out', '{tmp}/converted']
+# the checkpoint fingerprint of a FAKE run
+FAKE_FINGERPRINT = {'mode': 'train', 'model': 'resnet8', 'method': 'ce', 'data': 'fake',
+                    'batch_size': 32, 'seed': 0, 'devices': 1}
 
 _CONFIG_FILES = {
     'top_level_key.py': 'c.learning_rate = 0.1',
@@ -38,6 +49,70 @@ _CONFIG_FILES = {
     'wrong_type.py': "c.train.update({'epochs': 'ten'})",
     'raises.py': "raise RuntimeError('no GPU quota left')",
 }
+# config files that do not give a ConfigDict
+_ODD_CONFIG_FILES = {
+    'returns_dict.py': "def get_config():\n  return {'mode': 'train'}\n",
+    'returns_none.py': 'def get_config():\n  pass\n',
+    'no_get_config.py': 'CONFIG = None\n',
+}
+
+
+class _Evil:
+  """Unpickling this runs a shell command: the marker file must never appear."""
+
+  def __init__(self, marker: str):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f'touch {self.marker}',)
+
+
+def _cifar100(folder, train_batch: dict) -> None:
+  """An official-layout cifar-100-python/ folder whose train (and test) pickle is ``train_batch``."""
+  os.makedirs(folder / 'cifar-100-python')
+  for f in ('train', 'test'):
+    (folder / 'cifar-100-python' / f).write_bytes(pickle.dumps(train_batch, protocol=2))
+  (folder / 'cifar-100-python' / 'meta').write_bytes(pickle.dumps({b'fine_label_names': []}))
+
+
+def _largest_file(export_dir) -> str:
+  files = [f for f in glob.glob(os.path.join(export_dir, 'variables', '**', '*'), recursive=True)
+           if os.path.isfile(f)]
+  return max(files, key=os.path.getsize)
+
+
+def _damaged_exports(root) -> None:
+  """Copies of teacher_fake, each broken in one way."""
+  good = root / 'teacher_fake'
+  meta = json.loads((good / export.META_FILE).read_text())
+  metas = {'meta_unknown_model': {**meta, 'model': 'resnet9'},
+           'meta_missing_key': {k: v for k, v in meta.items() if k != 'num_classes'},
+           'meta_wrong_type': {**meta, 'num_classes': '10'},
+           'meta_zero_std': {**meta, 'std': [0.25, 0.0, 0.25]}}
+  for name in list(metas) + ['meta_not_json', 'variables_truncated', 'variables_missing',
+                             'variables_flipped']:
+    shutil.copytree(good, root / name)
+  for name, m in metas.items():
+    (root / name / export.META_FILE).write_text(json.dumps(m))
+  (root / 'meta_not_json' / export.META_FILE).write_text('{"model": "resnet8", num_classes')
+  shutil.rmtree(root / 'variables_missing' / 'variables')
+  path = _largest_file(root / 'variables_truncated')
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  path = _largest_file(root / 'variables_flipped')
+  data = bytearray(open(path, 'rb').read())
+  mid = len(data) // 2
+  data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
+  open(path, 'wb').write(bytes(data))
+
+
+def _resumable_workdir(path, config_record: dict, step: int) -> None:
+  """A workdir whose checkpoint (of a FAKE run; only its meta is read) was written with
+  ``config_record`` (the keys that differ from the FAKE command line)."""
+  ckpts = Checkpoints(str(path), 2)
+  ckpts.save(step, {'x': np.zeros(3, np.float32)},
+             {'fingerprint': FAKE_FINGERPRINT, 'config': config_record}, wait=True)
+  ckpts.close()
 
 
 @pytest.fixture(scope='module')
@@ -53,6 +128,22 @@ def assets(tmp_path_factory) -> dict[str, str]:
         "  c.mode = 'train'\n"
         f'  {line}\n'
         '  return c\n')
+  for name, text in _ODD_CONFIG_FILES.items():
+    (root / name).write_text(text)
+  (root / 'a_file').write_text('not a directory')
+  (root / 'locked').mkdir()
+  (root / 'user_folder').mkdir()
+  (root / 'user_folder' / 'notes.txt').write_text('my notes')
+  _cifar100(root / 'evil', {b'data': _Evil(str(root / 'PWNED')), b'fine_labels': [0]})
+  _cifar100(root / 'bad_labels', {b'data': np.zeros((2, 3072), np.uint8),
+                                  b'fine_labels': ['cat', 'dog']})
+  _cifar100(root / 'bad_pixels', {b'data': np.full((2, 3072), 300, np.int16),
+                                  b'fine_labels': [0, 1]})
+  _export(root / 'teacher_fake', 'resnet8', 10, dataset='fake', image_size=32)
+  _damaged_exports(root)
+  _resumable_workdir(root / 'resume_lr', {'optim.lr': 0.01}, 16)
+  _resumable_workdir(root / 'resume_subset', {'data.train_examples': 100}, 16)
+  _resumable_workdir(root / 'resume_epochs', {'train.epochs': 5}, 80)
   (root / 'garbage.tar.gz').write_bytes(b'this is not an archive at all' * 10)
   with tarfile.open(root / 'other.tar.gz', 'w:gz') as tar:
     data = b'hello'
@@ -70,11 +161,11 @@ def assets(tmp_path_factory) -> dict[str, str]:
   return {'tmp': str(root)}
 
 
-def _export(path, model_name: str, num_classes: int) -> None:
+def _export(path, model_name: str, num_classes: int, **meta) -> None:
   model = create_model(model_name, num_classes)
   v = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
   export.save(str(path), {'params': v['params'], 'batch_stats': v['batch_stats'], 'method': {}},
-              {'model': model_name, 'num_classes': num_classes})
+              {'model': model_name, 'num_classes': num_classes, **meta})
 
 
 # (id, argv with {tmp} placeholders, distinctive text of the error line, extra env)
@@ -158,19 +249,146 @@ CASES = [
      'holds no kdjax model'),
     ('workdir_of_another_experiment', FAKE[:2] + ['--workdir', '{tmp}/used'] + FAKE[4:],
      'holds checkpoints of another experiment (model'),
+    # --- trust boundaries (issue 14) ---
+    # config files that give no ConfigDict
+    ('config_returns_dict', ['--config', '{tmp}/returns_dict.py', '--workdir', '{tmp}/run'],
+     "get_config() returned a dict; it must return an ml_collections.ConfigDict"),
+    ('config_returns_none', ['--config', '{tmp}/returns_none.py', '--workdir', '{tmp}/run'],
+     'get_config() returned None (is a return statement missing?)'),
+    ('config_without_get_config', ['--config', '{tmp}/no_get_config.py', '--workdir',
+                                   '{tmp}/run'], 'no_get_config.py defines no get_config()'),
+    # workdirs that cannot be used
+    ('workdir_is_a_file', FAKE[:2] + ['--workdir', '{tmp}/a_file'] + FAKE[4:],
+     '--workdir {tmp}/a_file is a file, not a directory'),
+    ('workdir_not_writable', FAKE[:2] + ['--workdir', '/proc/kdjax_run'] + FAKE[4:],
+     'cannot write in --workdir /proc/kdjax_run'),
+    ('workdir_in_use', FAKE[:2] + ['--workdir', '{tmp}/locked'] + FAKE[4:],
+     f'--workdir {{tmp}}/locked is in use by another kdjax run (pid {os.getpid()}'),
+    # resuming with a config that would silently mix two experiments
+    ('resume_with_changed_lr', FAKE[:2] + ['--workdir', '{tmp}/resume_lr'] + FAKE[4:],
+     "config key 'optim.lr' is 0.05 but the run in this workdir was started with 0.01"),
+    ('resume_with_smaller_subset', FAKE[:2] + ['--workdir', '{tmp}/resume_subset'] + FAKE[4:],
+     "config key 'data.train_examples' is 0 but the run in this workdir was started with 100"),
+    ('resume_with_fewer_epochs_than_done', FAKE[:2] + ['--workdir', '{tmp}/resume_epochs']
+     + FAKE[4:], "'train.epochs' is 1 but the run in this workdir (started with 5) has "
+     'already trained 5'),
+    # data files: crafted or damaged CIFAR pickles
+    ('cifar_pickle_that_runs_code', FAKE + ['--config.data.name=cifar100',
+                                            '--config.data.source=archive',
+                                            '--config.data.path={tmp}/evil'],
+     'refers to posix.system, which a CIFAR batch never holds; refused without running it'),
+    ('cifar_labels_not_integers', FAKE + ['--config.data.name=cifar100',
+                                          '--config.data.source=archive',
+                                          '--config.data.path={tmp}/bad_labels'],
+     'the labels in train must be integers'),
+    ('cifar_pixels_outside_0_255', FAKE + ['--config.data.name=cifar100',
+                                           '--config.data.source=archive',
+                                           '--config.data.path={tmp}/bad_pixels'],
+     'the pixel values in train must lie in 0..255, found 300..300'),
+    # numbers that pass '> 0' but mean nothing
+    ('lr_inf', FAKE + ['--config.optim.lr=inf'], "'optim.lr' must be a finite number, got inf"),
+    ('kd_weight_inf', DISTILL + ['--config.method.alpha=inf'],
+     "'method.alpha' must be a finite number, got inf"),
+    ('milestone_inf', FAKE + ['--config.optim.milestones=(100,1e999)'],
+     "'optim.milestones' must be a finite number"),
+    ('temperature_inf', DISTILL + ['--config.method.temperature=inf'],
+     "'method.temperature' must be a finite number"),
+    # method options out of their declared ranges, found before anything compiles
+    ('fitnet_hint_layer_missing', TAUGHT + ['--config.method.name=fitnet',
+                                            '--config.method.fitnet.hint_layer=9'],
+     "config key 'method.fitnet.hint_layer' is 9, but the student has feature maps 0..3"),
+    ('fitnet_hint_layer_pooled', TAUGHT + ['--config.method.name=fitnet',
+                                           '--config.method.fitnet.hint_layer=4'],
+     "'method.fitnet.hint_layer' is 4, but the student has feature maps 0..3"),
+    ('fitnet_init_epochs_negative', TAUGHT + ['--config.method.name=fitnet',
+                                              '--config.method.fitnet.init_epochs=-1'],
+     "config key 'method.fitnet.init_epochs' must be >= 0"),
+    ('crd_negative_dimension', TAUGHT + ['--config.method.name=crd',
+                                         '--config.method.crd.feat_dim=-128'],
+     "config key 'method.crd.feat_dim' must be >= 1, got -128"),
+    ('crd_no_negatives', TAUGHT + ['--config.method.name=crd',
+                                   '--config.method.crd.negatives=0'],
+     "config key 'method.crd.negatives' must be >= 1, got 0"),
+    ('crd_momentum_above_one', TAUGHT + ['--config.method.name=crd',
+                                         '--config.method.crd.momentum=1.5'],
+     "config key 'method.crd.momentum' must be in [0, 1], got 1.5"),
+    ('icd_zero_max_scale', TAUGHT + ['--config.method.name=icd',
+                                     '--config.method.icd.max_scale=0.0'],
+     "config key 'method.icd.max_scale' must be > 0"),
+    ('cid_dictionary_update_above_one', TAUGHT + ['--config.method.name=cid',
+                                                  '--config.method.cid.cu=2.0'],
+     "config key 'method.cid.cu' must be in [0, 1], got 2.0"),
+    ('at_zero_power', TAUGHT + ['--config.method.name=at', '--config.method.at.p=0.0'],
+     "config key 'method.at.p' must be > 0"),
+    # a teacher used where it was not trained
+    ('teacher_other_image_size', TAUGHT + ['--config.data.image_size=24'],
+     "'data.image_size' is 24 but the teacher in {tmp}/teacher_fake was trained on 32x32"),
+    ('teacher_other_dataset', TAUGHT + ['--config.data.name=digits',
+                                        '--config.data.source=auto'],
+     "'data.name' is 'digits' but the teacher in {tmp}/teacher_fake was trained on 'fake'"),
+    # broken exports, found by validate before any data is loaded
+    ('teacher_meta_not_json', DISTILL + ['--config.teacher.checkpoint={tmp}/meta_not_json'],
+     'kdjax_model.json is not readable JSON (JSONDecodeError'),
+    ('teacher_meta_unknown_model', DISTILL + [
+        '--config.teacher.checkpoint={tmp}/meta_unknown_model'],
+     "names the model 'resnet9', which kdjax does not know"),
+    ('teacher_meta_missing_key', DISTILL + ['--config.teacher.checkpoint={tmp}/meta_missing_key'],
+     "kdjax_model.json lacks the key 'num_classes'"),
+    ('teacher_meta_wrong_type', DISTILL + ['--config.teacher.checkpoint={tmp}/meta_wrong_type'],
+     "'num_classes' must be an integer >= 1, got '10'"),
+    ('teacher_meta_zero_std', DISTILL + ['--config.teacher.checkpoint={tmp}/meta_zero_std'],
+     "'std' must be a list of 3 numbers > 0"),
+    ('teacher_variables_truncated', DISTILL + [
+        '--config.teacher.checkpoint={tmp}/variables_truncated'],
+     'variables_truncated/variables: its files do not match the digest recorded when the model '
+     'was exported'),
+    ('teacher_variables_missing', DISTILL + [
+        '--config.teacher.checkpoint={tmp}/variables_missing'],
+     'has no variables/ beside kdjax_model.json; the export is incomplete'),
+    ('teacher_variables_flipped', DISTILL + [
+        '--config.teacher.checkpoint={tmp}/variables_flipped'],
+     'variables_flipped/variables: its files do not match the digest recorded when the model '
+     'was exported'),
+    ('evaluate_variables_flipped', FAKE + ['--config.mode=evaluate',
+                                           '--config.evaluate.checkpoint={tmp}/variables_flipped'],
+     "config key 'evaluate.checkpoint': {tmp}/variables_flipped/variables: its files do not "
+     'match the digest'),
+    # python -m kdjax.convert: unusable normalisation, folders it must not touch
+    ('convert_zero_std', CONVERT + ['--std=0.2,0,0.2'],
+     '--std must be 3 positive numbers (one per RGB channel), got 0.2,0,0.2'),
+    ('convert_two_channel_mean', CONVERT + ['--mean=0.5,0.5'],
+     '--mean must be 3 finite numbers (one per RGB channel), got 0.5,0.5'),
+    ('convert_nan_mean', CONVERT + ['--mean=nan,0.5,0.5'], '--mean must be 3 finite numbers'),
+    ('convert_text_std', CONVERT + ['--std=a,b,c'], "--std must be 3 comma-separated numbers"),
+    ('convert_normalization_unknown_for_dataset', CONVERT + [
+        '--dataset=cifar10', '--normalization=chenyaofo'],
+     "no known 'chenyaofo' normalisation for dataset 'cifar10'"),
+    ('convert_normalization_unknown', CONVERT + ['--normalization=imagenet'],
+     "flag --normalization=imagenet: value should be one of"),
+    ('convert_out_not_an_export', CONVERT + ['--out', '{tmp}/user_folder'],
+     'is a folder that is not a kdjax export; refusing to write into it (nothing was changed)'),
+    ('convert_out_is_an_export', CONVERT + ['--out', '{tmp}/teacher_fake'],
+     'already holds a kdjax export; pass --overwrite to replace it'),
+    ('convert_out_is_a_file', CONVERT + ['--out', '{tmp}/a_file'], 'is a file; give a new directory'),
+    ('convert_zero_classes', CONVERT + ['--num_classes=0'], '--num_classes must be >= 1, got 0'),
 ]
+N_ORIGINAL_CASES = 36  # before issue 14
 
 
 @pytest.fixture(scope='module')
 def results(assets) -> dict[str, dict]:
   """Every case's CLI run, all through one ``tests/cli_batch.py`` process (one import)."""
-  cases = [{'argv': [a.format(**assets) for a in c[1]], 'env': c[3] if len(c) > 3 else {}}
-           for c in CASES]
+  cases = []
+  for c in CASES:
+    argv = [a.format(**assets) for a in c[1]]
+    module = argv.pop(0)[1:] if argv[0].startswith('@') else 'kdjax.main'
+    cases.append({'argv': argv, 'env': c[3] if len(c) > 3 else {}, 'module': module})
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='',
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
-  batch = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'cli_batch.py')],
-                         input=json.dumps(cases), capture_output=True, text=True, cwd=REPO,
-                         env=env, timeout=600)
+  with hold(os.path.join(assets['tmp'], 'locked')):  # another run holds this workdir
+    batch = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'cli_batch.py')],
+                           input=json.dumps(cases), capture_output=True, text=True, cwd=REPO,
+                           env=env, timeout=900)
   assert batch.returncode == 0, batch.stderr
   return {c[0]: r for c, r in zip(CASES, json.loads(batch.stdout))}
 
@@ -187,6 +405,24 @@ def test_bad_input_is_one_clear_line(name, message, results, assets):
   assert 'epoch 1/' not in result['stdout']  # stopped before training
 
 
+@pytest.mark.slow
+def test_bad_inputs_destroy_nothing(results, assets):
+  """What the refused commands pointed at is as it was, and no crafted file ran code."""
+  root = assets['tmp']
+  assert len(results) == len(CASES)
+  assert not os.path.exists(os.path.join(root, 'PWNED'))
+  assert open(os.path.join(root, 'user_folder', 'notes.txt')).read() == 'my notes'
+  assert os.listdir(os.path.join(root, 'user_folder')) == ['notes.txt']
+  assert open(os.path.join(root, 'a_file')).read() == 'not a directory'
+  assert not os.path.exists(os.path.join(root, 'converted'))
+  meta, _ = export.load(os.path.join(root, 'teacher_fake'))  # digest still matches
+  assert meta['dataset'] == 'fake'
+  for name in ('resume_lr', 'resume_subset', 'resume_epochs'):
+    assert os.listdir(os.path.join(root, name, 'checkpoints')) == [
+        '80' if name == 'resume_epochs' else '16']
+    assert not os.path.exists(os.path.join(root, name, 'metrics.jsonl'))
+
+
 def test_catalogue_is_complete():
-  assert len(CASES) >= 25
+  assert len(CASES) >= N_ORIGINAL_CASES + 25
   assert len({c[0] for c in CASES}) == len(CASES)

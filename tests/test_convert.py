@@ -45,3 +45,24 @@ def test_convert_reports_bad_input_in_one_line(tmp_path):
       f"kdjax: error: --torch_checkpoint {tmp_path / 'none.pth'} does not exist")
   result = _convert('--torch_checkpoint', __file__, '--model', 'resnet9', '--out', str(tmp_path))
   assert 'unknown model' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_normalization_of_the_teachers_own_training_and_overwrite(tmp_path):
+  """--normalization=chenyaofo records the constants the shared CIFAR-100 teachers were
+  trained with (../shared/teachers/README.md); replacing an export needs --overwrite."""
+  torch = pytest.importorskip('torch', reason="reading .pth needs the optional extra kdjax[torch]")
+  arrays, _ = load_fixture('rd_resnet8')
+  sd = {k: torch.from_numpy(np.asarray(v)) for k, v in torch_state_dict(arrays).items()}
+  torch.save(sd, tmp_path / 'resnet8.pth')
+  args = ['--torch_checkpoint', str(tmp_path / 'resnet8.pth'), '--model', 'resnet8',
+          '--num_classes', '100', '--out', str(tmp_path / 'export')]
+  result = _convert(*args, '--normalization=chenyaofo')
+  assert result.returncode == 0, result.stderr
+  meta = export.read_meta(str(tmp_path / 'export'))
+  assert meta['mean'] == [0.5070, 0.4865, 0.4409] and meta['std'] == [0.2673, 0.2564, 0.2762]
+  assert meta['normalization'] == 'chenyaofo'
+  result = _convert(*args, '--overwrite')
+  assert result.returncode == 0, result.stderr
+  meta = export.read_meta(str(tmp_path / 'export'))
+  assert meta['mean'] == [0.5071, 0.4867, 0.4408] and meta['normalization'] == 'kd'
+  assert sorted(os.listdir(tmp_path)) == ['export', 'resnet8.pth']

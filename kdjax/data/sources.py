@@ -26,6 +26,10 @@ stl10, ...  tfds              any tfds image classification dataset with an imag
 Normalisation constants are the customary ones for CIFAR and otherwise computed from
 the train split. Errors the user can fix raise :class:`DataError` with a one-line
 message that says what is wrong and what to pass instead.
+
+The CIFAR archives are pickles, which can run code when read; they are read with a
+restricted unpickler that admits only what a CIFAR batch holds (dicts, lists, strings,
+numbers and numpy arrays) and refuses anything else without running it.
 """
 from __future__ import annotations
 
@@ -51,6 +55,13 @@ _CIFAR_STATS = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     'cifar100': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
+# Constants other trainers used, by (dataset, name): a converted network is best run with
+# the ones it was trained with. 'chenyaofo': github.com/chenyaofo/pytorch-cifar-models, the
+# zoo of the shared CIFAR-100 teachers (their README); 'kd' is _CIFAR_STATS (RepDistiller).
+_TRAINER_STATS = {
+    ('cifar100', 'chenyaofo'): ((0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+NORMALIZATIONS = ('kd', 'chenyaofo')
 
 
 # torchvision's ImageNet constants (also the default of streamed image folders) and
@@ -60,9 +71,14 @@ _LARGE_STATS = {'imagenet2012': IMAGENET_STATS, 'imagenet': IMAGENET_STATS,
                 'tiny_imagenet': ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))}
 
 
-def known_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-  """The customary (mean, std) of a dataset, if kdjax knows one."""
-  return _LARGE_STATS.get(name) or _CIFAR_STATS.get(name)
+
+def known_normalization(name: str, trainer: str = 'kd'
+                        ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+  """The (mean, std) of a dataset as ``trainer`` normalised it ('kd': the customary
+  constants of the KD protocol, torchvision's for ImageNet), if kdjax knows them."""
+  if trainer == 'kd':
+    return _LARGE_STATS.get(name) or _CIFAR_STATS.get(name)
+  return _TRAINER_STATS.get((name, trainer))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,13 +239,31 @@ def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
 
 
 def _dataset(images, labels, num_classes, mean, std, name) -> ArrayDataset:
+  if np.asarray(images).dtype != np.uint8:  # a cast would wrap 256 to 0 and truncate floats
+    images = _integer_array(images, f'{name}: pixel values', 0, 255)
   images = np.ascontiguousarray(images, dtype=np.uint8)
-  labels = np.asarray(labels).astype(np.int32).reshape(-1)
+  labels = _integer_array(labels, f'{name}: labels').reshape(-1)
   if len(images) != len(labels):
     raise DataError(f'{name}: {len(images)} images but {len(labels)} labels; the data is damaged')
   if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
     raise DataError(f'{name}: labels outside [0, {num_classes}); the data is damaged')
   return ArrayDataset(images, labels, int(num_classes), tuple(mean), tuple(std), name)
+
+
+def _integer_array(values, what: str, low: int | None = None, high: int | None = None
+                   ) -> np.ndarray:
+  """``values`` as an int array, each in [low, high] when given; DataError otherwise
+  (a damaged or crafted file must not be wrapped around silently, e.g. 300 -> 44)."""
+  try:
+    a = np.asarray(values)
+  except (ValueError, TypeError) as e:  # ragged lists and the like
+    raise DataError(f'{what} are not an array of integers ({e}); the data is damaged') from None
+  if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+    raise DataError(f'{what} must be integers, got {a.dtype} values; the data is damaged')
+  if a.size and ((low is not None and a.min() < low) or (high is not None and a.max() > high)):
+    raise DataError(f'{what} must lie in {low}..{high}, found {a.min()}..{a.max()}; the data '
+                    'is damaged')
+  return a.astype(np.int32) if high is None or high > 255 else a.astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,11 +350,48 @@ def _find_cifar(name: str, path: str) -> tuple[str, str]:
       f"found {found or 'nothing'}")
 
 
+def _multiarray():
+  return (getattr(np, '_core', None) or np.core).multiarray  # numpy >= 2 renamed numpy.core
+
+
+def _latin1_bytes(text: str, encoding: str = 'latin1') -> bytes:
+  """What ``_codecs.encode`` does in the pickles Python 3 writes at protocol 2 (bytes
+  as latin-1 text), for that one encoding only."""
+  if encoding != 'latin1':
+    raise pickle.UnpicklingError(f'unexpected text encoding {encoding!r} in a CIFAR batch')
+  return text.encode('latin1')
+
+
+# Everything a CIFAR batch refers to: the official files hold numpy arrays (numpy 2 writes
+# numpy._core), and copies re-pickled by Python 3 at protocol 2 encode bytes via _codecs.
+_CIFAR_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'): lambda: _multiarray()._reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): lambda: _multiarray()._reconstruct,
+    ('numpy.core.multiarray', 'scalar'): lambda: _multiarray().scalar,
+    ('numpy._core.multiarray', 'scalar'): lambda: _multiarray().scalar,
+    ('numpy', 'ndarray'): lambda: np.ndarray,
+    ('numpy', 'dtype'): lambda: np.dtype,
+    ('_codecs', 'encode'): lambda: _latin1_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Builds only dicts, lists, strings, numbers and numpy arrays: any other global (a
+  function to call, a class to build) is refused before it is imported, so a crafted
+  file cannot run code."""
+
+  def find_class(self, module: str, name: str):
+    make = _CIFAR_GLOBALS.get((module, name))
+    if make is None:
+      raise pickle.UnpicklingError(f'it refers to {module}.{name}, which a CIFAR batch never '
+                                   'holds; refused without running it')
+    return make()
+
+
 def _unpickle(fileobj, where: str) -> dict:
   try:
-    # the official format is a pickle; only ever point this at files you trust
-    batch = pickle.load(fileobj, encoding='bytes')
-  except Exception as e:
+    batch = _CifarUnpickler(fileobj, encoding='bytes').load()
+  except Exception as e:  # noqa: BLE001 - a damaged pickle fails in any number of ways
     raise DataError(f'{where} is not a readable CIFAR pickle ({type(e).__name__}: {e}); '
                     're-download or re-extract the archive') from None
   if not isinstance(batch, dict) or b'data' not in batch:
@@ -360,13 +431,14 @@ def _load_cifar_archive(name: str, split: str, path: str, image_size: int) -> Ar
   layout = _CIFAR[name]
   images, labels = [], []
   for fname, batch in _read_cifar_batches(name, split, path):
-    data = np.asarray(batch[b'data'], dtype=np.uint8)
+    data = _integer_array(batch[b'data'], f'{name}: the pixel values in {fname}', 0, 255)
     if layout.label_key not in batch or data.ndim != 2 or data.shape[1] != 3072:
       raise DataError(f"{name}: {fname} has no {layout.label_key!r} or its rows are not 3072 "
                       f'bytes; is this {layout.folder} and not the other CIFAR?')
     # each row is the R plane, then G, then B, each 32x32 row-major
     images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    labels.append(np.asarray(batch[layout.label_key]))
+    labels.append(_integer_array(batch[layout.label_key], f'{name}: the labels in {fname}')
+                  .reshape(-1))
   images = _resize(np.concatenate(images), image_size)
   mean, std = _CIFAR_STATS[name]
   return _dataset(images, np.concatenate(labels), layout.num_classes, mean, std, name)

@@ -7,7 +7,7 @@ import ml_collections
 
 from kdjax.losses.at import at_loss
 from kdjax.methods.base import (Batch, LossOutput, Method, MethodVars, ModelOutput,
-                                classic_objective, register)
+                                classic_objective, positive, register)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -24,4 +24,5 @@ def _loss(vars: MethodVars, student: ModelOutput, teacher: ModelOutput, batch: B
   return LossOutput(total, metrics, vars.batch_stats, vars.state)
 
 
-AT = register(Method(name='at', loss=_loss, needs_teacher=True, default_config=default_config))
+AT = register(Method(name='at', loss=_loss, needs_teacher=True, default_config=default_config,
+                     options=(('p', positive, '> 0'),)))

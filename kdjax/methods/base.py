@@ -80,6 +80,35 @@ LossFn = Callable[..., LossOutput]
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckContext:
+  """What ``validate`` knows before any data is loaded, for a method's own checks: the
+  shapes of the student's and the teacher's feature lists (one example, NHWC maps and
+  the pooled vector last), from an abstract forward."""
+  student_feats: tuple[tuple[int, ...], ...]
+  teacher_feats: tuple[tuple[int, ...], ...] | None
+
+
+# (option under config.method.<name>, test of its value, what is accepted)
+Option = tuple[str, Callable[[Any], bool], str]
+
+
+def _no_check(method_config: ml_collections.ConfigDict, ctx: CheckContext) -> None:
+  del method_config, ctx
+
+
+def positive(v: Any) -> bool:
+  return v > 0
+
+
+def non_negative(v: Any) -> bool:
+  return v >= 0
+
+
+def fraction(v: Any) -> bool:
+  return 0 <= v <= 1
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """A distillation method.
 
@@ -102,6 +131,12 @@ class Method:
   # (mask over the method's params, epoch): the True leaves are not updated (no decay, no
   # momentum) before that epoch; None: everything trains from the start
   delayed_params: Callable[[PyTree, ml_collections.ConfigDict], tuple[PyTree, int]] | None = None
+  # the ranges of the options in default_config, checked by validate before any work
+  options: tuple[Option, ...] = ()
+  # checks that need the models (e.g. a feature index that must exist in both); raise
+  # kdjax.config.ConfigError naming the key. Only called when ``needs_context``.
+  check_config: Callable[[ml_collections.ConfigDict, CheckContext], None] = _no_check
+  needs_context: bool = False
 
 
 _METHODS: dict[str, Method] = {}
@@ -122,6 +157,34 @@ def get_method(name: str) -> Method:
   if name not in _METHODS:
     raise ValueError(f'unknown method {name!r}; accepted: {", ".join(method_names())}')
   return _METHODS[name]
+
+
+def check_options(method: Method, method_config: ml_collections.ConfigDict,
+                  context: Callable[[], CheckContext]) -> None:
+  """Raises ConfigError for an option of ``method`` outside its declared range, then runs
+  its own ``check_config`` (``context`` is only built for methods that need it)."""
+  from kdjax.config import ConfigError
+  sub = method_config.get(method.name)
+  for key, ok, accepted in method.options:
+    value = sub[key]
+    if not ok(value):
+      raise ConfigError(f"config key 'method.{method.name}.{key}' must be {accepted}, "
+                        f'got {value!r}')
+  if method.needs_context:
+    method.check_config(method_config, context())
+
+
+def feature_index(key: str, index: int, ctx: CheckContext, maps_only: bool = True) -> None:
+  """ConfigError unless ``index`` picks a feature (a spatial map when ``maps_only``) that
+  both the student and the teacher have."""
+  from kdjax.config import ConfigError
+  for who, feats in (('student', ctx.student_feats), ('teacher', ctx.teacher_feats)):
+    if feats is None:
+      continue
+    usable = [i for i, f in enumerate(feats) if len(f) == 4 or not maps_only]
+    if index not in usable:
+      raise ConfigError(f"config key '{key}' is {index}, but the {who} has feature "
+                        f"{'maps' if maps_only else 'entries'} {usable[0]}..{usable[-1]}")
 
 
 def classic_objective(student: ModelOutput, teacher: ModelOutput | None, labels: jax.Array,

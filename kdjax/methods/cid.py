@@ -52,7 +52,7 @@ from kdjax.losses.cid import (ContextAccumulator, SampleRegressor, cid_loss, con
                               context_finalize, init_context_accumulator, interventional_logits,
                               InterventionalHead)
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
-                                register)
+                                fraction, non_negative, register)
 
 PyTree = Any
 
@@ -169,6 +169,13 @@ def _delayed_params(params: PyTree, config: ml_collections.ConfigDict) -> tuple[
           int(math.ceil(config.cid.init_epochs)))
 
 
+
+_OPTIONS = (
+    ('init_epochs', non_negative, '>= 0'), ('a', non_negative, '>= 0'),
+    ('b', non_negative, '>= 0'), ('c', non_negative, '>= 0'), ('cu', fraction, 'in [0, 1]'),
+)
+
 CID = register(Method(name='cid', loss=_loss, needs_teacher=True, init=_init,
                       end_epoch=_end_epoch, eval_heads=_eval_heads, decay_mask=_decay_mask,
-                      default_config=default_config, delayed_params=_delayed_params))
+                      default_config=default_config, delayed_params=_delayed_params,
+                      options=_OPTIONS))

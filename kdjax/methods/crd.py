@@ -28,7 +28,7 @@ from kdjax.losses.crd import (CRDMemory, Embed, crd_loss, init_crd_memory, negat
                               sample_negatives, sample_negatives_exact,
                               sample_negatives_other_class)
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
-                                classic_objective, register)
+                                classic_objective, fraction, positive, register)
 
 SAMPLINGS = ('other_class', 'uniform')
 MEMORY_KEYS = CRDMemory._fields
@@ -113,5 +113,11 @@ def _loss(vars: MethodVars, student: ModelOutput, teacher: ModelOutput, batch: B
   return LossOutput(total, metrics, vars.batch_stats, {**vars.state, **memory._asdict()})
 
 
+_OPTIONS = (
+    ('feat_dim', positive, '>= 1'), ('negatives', positive, '>= 1'),
+    ('nce_temperature', positive, '> 0'), ('momentum', fraction, 'in [0, 1]'),
+    ('sampling', lambda v: v in SAMPLINGS, f"one of {', '.join(SAMPLINGS)}"),
+)
+
 CRD = register(Method(name='crd', loss=_loss, needs_teacher=True, init=_init,
-                      default_config=default_config))
+                      default_config=default_config, options=_OPTIONS))

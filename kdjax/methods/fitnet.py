@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.losses.fitnet import ConvRegressor, hint_loss
-from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
-                                classic_objective, register)
+from kdjax.methods.base import (Batch, CheckContext, InitContext, LossOutput, Method, MethodVars,
+                                ModelOutput, classic_objective, feature_index, non_negative,
+                                register)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -55,6 +56,13 @@ def _loss(vars: MethodVars, student: ModelOutput, teacher: ModelOutput, batch: B
   return LossOutput(total, metrics, {'regressor': updates['batch_stats']}, vars.state)
 
 
+def _check(config: ml_collections.ConfigDict, ctx: CheckContext) -> None:
+  feature_index('method.fitnet.hint_layer', config.fitnet.hint_layer, ctx)
+
+
+_OPTIONS = (('init_epochs', non_negative, '>= 0 (0 = joint from epoch 0)'),)
+
 # Published (RepDistiller): gamma=1, alpha=0, beta=100 (configs/fitnet.py).
 FITNET = register(Method(name='fitnet', loss=_loss, needs_teacher=True, init=_init,
-                         default_config=default_config))
+                         default_config=default_config, options=_OPTIONS,
+                         check_config=_check, needs_context=True))

@@ -18,7 +18,7 @@ import ml_collections
 
 from kdjax.losses.icd import ICDHeads, icd_loss
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
-                                classic_objective, register)
+                                classic_objective, non_negative, positive, register)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -51,5 +51,8 @@ def _loss(vars: MethodVars, student: ModelOutput, teacher: ModelOutput, batch: B
   return LossOutput(total, metrics, vars.batch_stats, vars.state)
 
 
+_OPTIONS = (('feat_dim', positive, '>= 1'), ('alpha_inv', non_negative, '>= 0'),
+            ('max_scale', positive, '> 0'))
+
 ICD = register(Method(name='icd', loss=_loss, needs_teacher=True, init=_init,
-                      default_config=default_config))
+                      default_config=default_config, options=_OPTIONS))

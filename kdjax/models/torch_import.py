@@ -11,6 +11,7 @@ torch names, so a renamed torch layer cannot be silently mis-transposed.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -182,18 +183,40 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], num_classes: in
   return model, torch_to_flax(model, state_dict, sample, train=False)
 
 
-def load_torch_file(path: str) -> dict[str, np.ndarray]:
+class UnsafeCheckpointError(ValueError):
+  """A torch file that PyTorch's weights-only reader refuses (it needs code to load)."""
+
+
+def load_torch_file(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
   """Reads a torch checkpoint into ``{key: numpy array}``.
 
   Accepts a bare state dict or one nested under ``'model'`` / ``'state_dict'`` (the
   RepDistiller and Fast-Datafree checkpoint formats) and strips the ``module.``
   prefix that ``DataParallel`` adds.
+
+  The file is read with ``weights_only=True``: tensors, containers and numbers only, so
+  a crafted file cannot run code. A checkpoint that pickled other objects (e.g. an
+  argparse Namespace of its options) is refused with ``UnsafeCheckpointError`` unless
+  ``allow_pickle``, which unpickles it fully: that runs whatever code the file holds,
+  so only for files from a source you trust.
   """
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError('reading torch checkpoints needs PyTorch: pip install kdjax[torch]') from e
-  obj = torch.load(path, map_location='cpu', weights_only=False)
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
+  except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+    text = ' '.join(str(e).split())
+    if not allow_pickle and 'Weights only load failed' in text:
+      # torch names the refused global; keep that part of its long explanation
+      refused = re.search(r'GLOBAL ([\w.]+)', text)
+      what = f' (it refers to {refused.group(1)})' if refused else ''
+      raise UnsafeCheckpointError(
+          f'holds more than tensors{what}, and loading it would run code from the file; '
+          'refused. If it comes from a source you trust, pass --allow_pickle') from None
+    raise ValueError(f'not a readable torch checkpoint ({type(e).__name__}: {text[:200]})'
+                     ) from None
   for nest in ('model', 'state_dict'):
     if isinstance(obj, Mapping) and isinstance(obj.get(nest), Mapping):
       obj = obj[nest]
@@ -211,7 +234,7 @@ def load_torch_file(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def load_torch_checkpoint(name: str, path: str, num_classes: int,
-                          dtype: Any = jnp.float32) -> tuple[nn.Module, dict[str, Any]]:
-  """``convert_state_dict(name, load_torch_file(path), ...)``."""
-  return convert_state_dict(name, load_torch_file(path), num_classes, dtype)
+def load_torch_checkpoint(name: str, path: str, num_classes: int, dtype: Any = jnp.float32,
+                          allow_pickle: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+  """``convert_state_dict(name, load_torch_file(path, allow_pickle), ...)``."""
+  return convert_state_dict(name, load_torch_file(path, allow_pickle), num_classes, dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -67,8 +67,13 @@ class Checkpoints:
     if wait:
       self.manager.wait_until_finished()
 
-  def restore(self, target: Any, fingerprint: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+  def restore(self, target: Any, fingerprint: dict[str, Any],
+              check: Callable[[dict[str, Any], int], Any] | None = None
+              ) -> tuple[Any, dict[str, Any]]:
     """Restores the newest readable state onto ``target``'s structure, shapes and shardings.
+
+    ``check(meta, step)`` runs on a checkpoint's meta before its state is read (e.g.
+    whether the resuming config may continue it); what it raises propagates.
 
     A checkpoint that cannot be read, or whose values do not match the digest recorded
     at save, is reported in one line and deleted, and the one before it is tried (it
@@ -87,6 +92,8 @@ class Checkpoints:
         self._warn(step, _reason(e))
         continue
       self._check_fingerprint(meta, fingerprint)
+      if check is not None:
+        check(meta, step)
       try:
         state = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))['state']

@@ -31,12 +31,17 @@ from kdjax.train.metrics import MetricWriter, plot_curves
 from kdjax.train.stream_feed import image_shape, streaming_splits
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step, forward
+from kdjax.train.workdir import check_resume, config_record, locked, record_changes
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; the state was saved and the run can be resumed."""
+  """SIGTERM or SIGINT arrived; the state was saved and the run can be resumed."""
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = signum
 
 
 class NonFiniteLoss(Exception):
@@ -151,21 +156,25 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks between calls (saving needs the state)."""
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks between calls (saving
+  needs the state); ``signum`` says which arrived."""
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.raised = False
+    self.signum = signal.SIGTERM
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+    del frame
+    self.raised, self.signum = True, signum
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 class _PreemptionSync:
@@ -240,6 +249,7 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int, num_train: in
   return RunSetup(student, schedule, tx, state)
 
 
+@locked  # one run per workdir at a time
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (mode train), distils (mode distill) or probes a frozen backbone (mode
   transfer) in ``workdir``, resuming if possible."""
@@ -271,9 +281,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
   fp = fingerprint(config)
   skipped = 0  # steps skipped for a non-finite loss, over the whole run
+  resume_changes = {}
   if ckpts.latest_step() is not None:
-    state, restored_meta = ckpts.restore(state, fp)
+    state, restored_meta = ckpts.restore(  # a refused config change stops before any read
+        state, fp, check=lambda m, step: check_resume(m.get('config'), config,
+                                                      step // steps_per_epoch))
     skipped = restored_meta.get('skipped_steps', 0)
+    resume_changes = check_resume(restored_meta.get('config'), config,
+                                  int(state.step) // steps_per_epoch)
     _print(f'kdjax: resuming {workdir} from step {int(state.step)}')
 
   feed_kind = resolve_feed(config.data.feed, jax.process_count())
@@ -299,8 +314,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out.update({f'test/accuracy/{k.split("/", 1)[1]}': float(v) / count for k, v in sums.items()})
     return out
 
-  meta = {'fingerprint': fp, 'model': config.model.name, 'num_classes': num_classes}
+  meta = {'fingerprint': fp, 'model': config.model.name, 'num_classes': num_classes,
+          'config': config_record(config)}
   writer = MetricWriter(workdir) if is_main_process() else None
+  changes_record = record_changes(resume_changes, _print)  # into the next epoch's record
   best_path = os.path.join(workdir, 'best')
   best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
       os.path.join(best_path, export.META_FILE)) else -1.0
@@ -361,8 +378,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           check_finite(epoch_metrics, int(state.step))
           ckpts.save(int(state.step), state, meta, wait=True)
           progress.close()
-          raise Preempted(f'SIGTERM: saved step {int(state.step)} in {ckpts.directory}; '
-                          'run the same command again to resume')
+          raise Preempted(f'{signal.Signals(getattr(sigterm, "signum", signal.SIGTERM)).name}: '
+                          f'saved step {int(state.step)} in {ckpts.directory}; '
+                          'run the same command again to resume',
+                          getattr(sigterm, 'signum', signal.SIGTERM))
       epoch_metrics.append(jax.device_get(pending))
       progress.update(len(pending['loss']))
       progress.close()
@@ -375,7 +394,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       seconds = time.time() - t_epoch
       record = {'epoch': epoch + 1, **train_metrics,
                 'train/images_per_second': sum(c.size for c in chunks) / seconds,
-                'lr': float(schedule(int(state.step) - 1))}
+                'lr': float(schedule(int(state.step) - 1)), **changes_record}
+      changes_record = {}
       last_epoch = epoch + 1 == config.train.epochs
       if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
         last_eval = run_eval(state)
