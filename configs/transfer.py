@@ -18,11 +18,11 @@ protocol is ``--config.transfer.backbone_bn=frozen --config.transfer.normalizati
       --config.transfer.checkpoint=runs/cid
 
 Arguments select the target: ``stl10`` (tfds ``stl10``, 96x96 resized to 32x32; the
-default), ``cifar10`` (tfds, or the official archive with ``--config.data.path``) and
-``digits`` (built in, no download). Any other tfds image dataset works with
-``--config.data.name=NAME`` (Tiny-ImageNet has no tfds builder: prepare it as a tfds
-dataset named ``tiny_imagenet`` and pass its ``data.path``; that name selects the
-published normalisation).
+default), ``cifar10`` (tfds, or the official archive with ``--config.data.path``),
+``digits`` (built in, no download) and ``tiny_imagenet`` (no tfds builder exists: prepare
+it as a tfds dataset of that name and pass its ``--config.data.path``; the name selects
+its published normalisation). Any other tfds image dataset works with
+``--config.data.name=NAME``.
 
 ``PUBLISHED``: the transfer top-1 % of the distillers README at 2f95cea (teacher
 wrn_40_2, student wrn_16_2, CIFAR-100 -> target), methods.md §8.
@@ -34,6 +34,8 @@ TARGETS = {
     'stl10': ('stl10', 4, True),
     'cifar10': ('cifar10', 4, True),
     'digits': ('digits', 2, False),  # a mirrored digit is another symbol
+    # no tfds builder: a tfds dataset you prepared under this name, --config.data.path=DIR
+    'tiny_imagenet': ('tiny_imagenet', 4, True),
 }
 ARGS = tuple(TARGETS)
 
