@@ -37,6 +37,7 @@ from kdjax.train.loop import (Preempted, _check_finite, _epoch_line, _epoch_mean
 from kdjax.train.mesh import is_main_process, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, plot_curves
 from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step
+from kdjax.train.workdir import check_resume, config_record, locked, record_changes
 
 
 class Schedule:
@@ -103,6 +104,7 @@ def _student_config(config: ml_collections.ConfigDict, schedule: Schedule
   return cfg
 
 
+@locked  # one run per workdir at a time
 def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) a data-free distillation in ``workdir``."""
   os.makedirs(workdir, exist_ok=True)
@@ -148,8 +150,14 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
   fp = fingerprint(config)
+  resume_changes = {}
   if ckpts.latest_step() is not None:
-    run_state, _ = ckpts.restore(run_state, fp)
+    # a refused config change stops before any state is read; epochs done = rounds done
+    # (the checkpoint step counts student steps + rounds, which does not give epochs)
+    run_state, restored_meta = ckpts.restore(
+        run_state, fp, check=lambda m, step: check_resume(m.get('config'), config))
+    resume_changes = check_resume(restored_meta.get('config'), config,
+                                  int(run_state['rounds']) // sched.rounds_per_epoch)
     _print(f'kdjax: resuming {workdir} at round {int(run_state["rounds"])}, student step '
            f'{int(run_state["train"].step)}')
 
@@ -189,7 +197,8 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   best_path = os.path.join(workdir, 'best')
   best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
       os.path.join(best_path, export.META_FILE)) else -1.0
-  ckpt_meta = {'fingerprint': fp}
+  ckpt_meta = {'fingerprint': fp, 'config': config_record(config)}
+  changes_record = record_changes(resume_changes, _print)  # into the next epoch's record
   skipped = 0
   start = sched.resume_round(int(run_state['rounds']), int(run_state['train'].step))
   _print(f'kdjax: datafree {d.method}: {teacher_meta["model"]} -> {config.model.name} on '
@@ -238,7 +247,9 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
                      ckpt_meta, wait=True)
           raise Preempted(f'SIGTERM: saved round {int(run_state["rounds"])} in '
                           f'{ckpts.directory}; run the same command again to resume')
-      record: dict[str, Any] = {'epoch': epoch + 1, 'rounds': int(run_state['rounds'])}
+      record: dict[str, Any] = {'epoch': epoch + 1, 'rounds': int(run_state['rounds']),
+                                **changes_record}
+      changes_record = {}
       if epoch_student:
         record.update(_epoch_means(epoch_student))
         record['train/images_per_second'] = (len(epoch_student) * k * config.train.batch_size

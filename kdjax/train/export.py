@@ -98,7 +98,8 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
   if meta['model'] not in model_names():
     raise ExportError(f"{where} names the model {meta['model']!r}, which kdjax does not "
                       f"know (accepted: {', '.join(model_names())})")
-  if meta.get('method') and meta['method'] not in method_names():
+  # a KDCI-wrapped method is exported as '<base>+kdci'
+  if meta.get('method') and meta['method'].removesuffix('+kdci') not in method_names():
     raise ExportError(f"{where} names the method {meta['method']!r}, which kdjax does not "
                       f"know (accepted: {', '.join(method_names())})")
   return meta

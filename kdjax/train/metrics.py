@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
+DISTRIBUTIONS_FILE = 'distributions.jsonl'
 
 
 class MetricWriter:
@@ -38,12 +39,13 @@ class MetricWriter:
 
   def add_histogram(self, tag: str, fractions: np.ndarray, step: int) -> None:
     """A distribution over bins (e.g. the pool's classes) as TensorBoard values, and the
-    whole vector in a ``tag`` JSON-lines record for plotting later."""
+    whole vector as a line of ``distributions.jsonl`` (``metrics.jsonl`` keeps one line
+    per epoch)."""
     fractions = np.asarray(fractions, np.float64)
     self._tb.add_histogram(tag, np.repeat(np.arange(len(fractions)),
                                           np.round(fractions * 1000).astype(int)), step)
-    self._jsonl.write(json.dumps({'step': int(step), tag: fractions.round(6).tolist()}) + '\n')
-    self._jsonl.flush()
+    with open(os.path.join(os.path.dirname(self.path), DISTRIBUTIONS_FILE), 'a') as f:
+      f.write(json.dumps({'step': int(step), tag: fractions.round(6).tolist()}) + '\n')
 
   def close(self) -> None:
     self._jsonl.close()
