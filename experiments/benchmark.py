@@ -39,6 +39,7 @@ from kdjax.config import base_config
 from kdjax.data import normalize
 from kdjax.data.sources import known_normalization
 from kdjax.models import create_model
+from kdjax.models import layers
 from kdjax.models.fold import fold_batchnorm
 from kdjax.train.loop import DTYPES, build_run, method_for
 from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
@@ -50,6 +51,7 @@ INPUTS = 'random uint8 images / int labels on device (benchmark input, not a dat
 VARIANTS = {
     'xla': 'as trained (XLA convolutions, teacher variables as loaded)',
     'fold': 'teacher BatchNorm folded into its convolutions (kdjax.models.fold)',
+    'matmul_grad': "kernel gradients as shifted-window matmuls (layers.set_conv_impl('matmul_grad'))",
 }
 
 
@@ -394,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for name in names:
     config = method_config(name, args.teacher, args.student, args.dtype)
     for variant in (args.variants.split(',') if name == 'kd' else ['xla']):
+      layers.set_conv_impl('matmul_grad' if variant == 'matmul_grad' else None)
       info, timed = prepare_train(config, args.batch, args, mesh, images, labels, variant)
+      layers.set_conv_impl(None)  # traced and compiled: later rows get the default again
       reference = torch_train(ref, ref_data, name, config, args.batch, args)
       interleave([timed] + ([reference] if reference else []), args.warmup, args.steps)
       row = _derive({'method': name, 'variant': variant, 'batch': args.batch,
