@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from common import ROOT, git_commit, load_config_module
 from kdjax import methods
@@ -39,12 +40,20 @@ from kdjax.config import base_config
 from kdjax.data import normalize
 from kdjax.data.sources import known_normalization
 from kdjax.models import create_model
+from kdjax.models import layers
+from kdjax.models.fold import fold_batchnorm
 from kdjax.train.loop import DTYPES, build_run, method_for
 from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
 from kdjax.train.state import TrainState
 from kdjax.train.steps import DataSpec, build_train_chunk, build_train_step, forward
 
 INPUTS = 'random uint8 images / int labels on device (benchmark input, not a dataset)'
+# kdjax variants of the KD step, each timed on its own row (see experiments/README.md)
+VARIANTS = {
+    'xla': 'as trained (XLA convolutions, teacher variables as loaded)',
+    'fold': 'teacher BatchNorm folded into its convolutions (kdjax.models.fold)',
+    'matmul_grad': "kernel gradients as shifted-window matmuls (layers.set_conv_impl('matmul_grad'))",
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -66,6 +75,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--steps', type=int, default=20, help='timed calls; the median is reported')
   p.add_argument('--matmul_size', type=int, default=0, help='0: 2048 on CPU, 8192 else')
   p.add_argument('--out', default='', help='default results/benchmark_<platform>.json')
+  p.add_argument('--reference', default='none', choices=('none', 'torch'),
+                 help='time the same steps in PyTorch, interleaved call by call (torch extra)')
+  p.add_argument('--variants', default='xla',
+                 help=f"comma list of kdjax variants of the KD row: {', '.join(VARIANTS)}")
   return p.parse_args(argv)
 
 
@@ -93,8 +106,8 @@ def method_config(name: str, teacher: str, student: str, dtype: str) -> ml_colle
 
 
 def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
-               num_train: int, mesh, image_size: int = 32, train_labels: Any = None
-               ) -> tuple[Callable, TrainState, Any]:
+               num_train: int, mesh, image_size: int = 32, train_labels: Any = None,
+               variant: str = 'xla') -> tuple[Callable, TrainState, Any]:
   """The jitted one-step chunk, its initial state and the teacher variables
   (``train_labels``: the (num_train,) labels, for CRD's other-class sampler)."""
   method, method_cfg = method_for(config)
@@ -103,6 +116,8 @@ def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
   teacher = create_model(config.teacher.model, num_classes, dtype) if method.needs_teacher else None
   teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, image_size, image_size, 3)),
                               train=False) if teacher else {}
+  if teacher is not None and variant == 'fold':
+    teacher_vars = fold_batchnorm(teacher, teacher_vars, jnp.zeros((2, image_size, image_size, 3)))
   # the same construction as training (student, method variables, optimizer, state)
   setup = build_run(config, num_classes, num_train, (image_size, image_size, 3), teacher,
                     teacher_vars, steps_per_epoch, train_labels=train_labels)
@@ -127,27 +142,63 @@ def peak_memory() -> tuple[int, str]:
           'process max RSS (getrusage ru_maxrss, host, process high-water)')
 
 
-def measure(jitted, args: tuple, next_args: Callable, warmup: int, steps: int) -> dict[str, float]:
-  """Compiles ``jitted`` for ``args``, then times calls; ``next_args(args, out, i)`` threads
-  the state of one call into the next (the train state is donated)."""
+def process_cpu_s() -> float:
+  """User + system CPU seconds of this process (all threads) so far."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+class Timed:
+  """One blocking call ``fn()`` timed repeatedly: wall and process CPU seconds per call.
+  On a shared machine the wall time also counts the time the OS ran other processes;
+  the CPU time does not (it does count threads spinning while they wait)."""
+
+  def __init__(self, fn: Callable[[], Any]):
+    self.fn, self.wall, self.cpu = fn, [], []
+
+  def once(self, keep: bool) -> None:
+    c, t = process_cpu_s(), time.perf_counter()
+    self.fn()
+    if keep:
+      self.wall.append(time.perf_counter() - t)
+      self.cpu.append(process_cpu_s() - c)
+
+  def stats(self) -> dict[str, float]:
+    return {'step_s': statistics.median(self.wall), 'step_s_min': min(self.wall),
+            'cpu_s': statistics.median(self.cpu), 'calls': len(self.wall)}
+
+
+def interleave(timed: list[Timed], warmup: int, steps: int) -> None:
+  """Calls every ``Timed`` once per round, ``warmup`` untimed rounds then ``steps`` timed
+  ones, so all of them see the same machine load (kdjax and PyTorch back to back)."""
+  for i in range(warmup + steps):
+    for t in timed:
+      t.once(keep=i >= warmup)
+
+
+def prepare(jitted, args: tuple, next_args: Callable) -> tuple[dict[str, float], Timed]:
+  """Compiles ``jitted`` for ``args`` and makes the first call; returns its costs and a
+  ``Timed`` that keeps calling it, ``next_args(args, out, i)`` threading the state of one
+  call into the next (the train state is donated)."""
   t = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   compile_s = time.perf_counter() - t
   t = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))
+  holder = {'args': args, 'out': jax.block_until_ready(compiled(*args)), 'i': 0}
   first_s = time.perf_counter() - t
-  times = []
-  for i in range(warmup + steps):
-    args = next_args(args, out, i)
-    t = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
+
+  def call():
+    holder['args'] = next_args(holder['args'], holder['out'], holder['i'])
+    holder['out'] = jax.block_until_ready(compiled(*holder['args']))
+    holder['i'] += 1
+
   mem = compiled.memory_analysis()
-  return {'compile_s': compile_s, 'first_call_s': first_s,
-          'step_s': statistics.median(times[warmup:]), 'step_s_min': min(times[warmup:]),
-          'flops_per_step': _flops(compiled),
-          'xla_temp_bytes': int(getattr(mem, 'temp_size_in_bytes', 0) or 0),
-          'peak_memory_bytes': peak_memory()[0]}
+  return ({'compile_s': compile_s, 'first_call_s': first_s, 'flops_per_step': _flops(compiled),
+           'xla_temp_bytes': int(getattr(mem, 'temp_size_in_bytes', 0) or 0)}, Timed(call))
+
+
+def finish(info: dict[str, float], timed: Timed) -> dict[str, float]:
+  return {**info, **timed.stats(), 'peak_memory_bytes': peak_memory()[0]}
 
 
 def peak_flops(dtype, n: int, reps: int = 5) -> float:
@@ -165,27 +216,95 @@ def peak_flops(dtype, n: int, reps: int = 5) -> float:
   return 2 * k * n ** 3 / statistics.median(times)
 
 
-def run_train(config, batch, args, mesh, images, labels) -> dict[str, float]:
+def prepare_train(config, batch, args, mesh, images, labels, variant: str = 'xla'
+                  ) -> tuple[dict[str, float], Timed]:
   chunk, state, teacher_vars = build_case(config, batch, args.num_classes, args.num_train, mesh,
-                                          args.image_size,
-                                          np.asarray(jax.device_get(labels)))
+                                          args.image_size, np.asarray(jax.device_get(labels)),
+                                          variant)
   idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
   idx = [jax.device_put(jax.random.randint(jax.random.PRNGKey(i), (1, batch), 0, args.num_train),
                         idx_sharding) for i in range(args.warmup + args.steps + 1)]
-  next_args = lambda a, out, i: (out[0], a[1], a[2], a[3], idx[i + 1])
-  return measure(chunk, (state, teacher_vars, images, labels, idx[0]), next_args,
-                 args.warmup, args.steps)
+  next_args = lambda a, out, i: (out[0], a[1], a[2], a[3], idx[(i + 1) % len(idx)])
+  return prepare(chunk, (state, teacher_vars, images, labels, idx[0]), next_args)
 
 
-def run_forward(name, batch, args, mesh, images) -> dict[str, float]:
+def _model_inputs(name, batch, args, mesh, images):
   model = create_model(name, args.num_classes, DTYPES[args.dtype])
   size = args.image_size
   variables = replicate(model.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)),
                                    train=False), mesh)
   mean, std = known_normalization('cifar100')
-  fwd = jax.jit(lambda v, x: forward(model, v, normalize(x, mean, std)).logits)
-  x = jax.device_put(images[:batch], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
-  return measure(fwd, (variables, x), lambda a, out, i: a, args.warmup, args.steps)
+  x = jax.device_put(normalize(images[:batch], mean, std),
+                     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
+  return model, variables, x
+
+
+def prepare_forward(name, batch, args, mesh, images) -> tuple[dict[str, float], Timed]:
+  """Eval-mode forward of a fixed normalised batch."""
+  model, variables, x = _model_inputs(name, batch, args, mesh, images)
+  fwd = jax.jit(lambda v, x: forward(model, v, x).logits)
+  return prepare(fwd, (variables, x), lambda a, out, i: a)
+
+
+def prepare_forward_backward(name, batch, args, mesh, images, labels
+                             ) -> tuple[dict[str, float], Timed]:
+  """Train-mode forward + the CE gradient of every parameter (no optimizer update)."""
+  model, variables, x = _model_inputs(name, batch, args, mesh, images)
+  y = labels[:batch]
+
+  def grads(v, x, y):
+    def loss(params):
+      logits, _ = model.apply({'params': params, 'batch_stats': v['batch_stats']}, x,
+                              train=True, mutable=['batch_stats'])[0]
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    return jax.grad(loss)(v['params'])
+
+  return prepare(jax.jit(grads), (variables, x, y), lambda a, out, i: a)
+
+
+def torch_steps(reference: str, args):
+  """The PyTorch reference module and its synthetic training set, or (None, None)."""
+  if reference != 'torch':
+    return None, None
+  # libgomp's default active waiting makes torch's 2 threads ~100x slower when the cores
+  # are oversubscribed (measured on a shared 2-core machine: resnet8 forward 800 ms
+  # instead of 10); passive waiting has to be set before torch loads OpenMP
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+  import torch_reference  # optional extra: only imported when asked for
+  return torch_reference, torch_reference.Augment(args.num_train, args.num_classes)
+
+
+def torch_train(ref, data, name: str, config, batch: int, args) -> Timed | None:
+  """The PyTorch step of method row ``name`` (None where the reference has no such row)."""
+  methods_known = ('kd', 'crd', 'cid', 'icd', 'train')
+  student, teacher = config.model.name, config.teacher.model
+  if ref is None or name not in methods_known or not ref.has_model(student) or (
+      name != 'train' and not ref.has_model(teacher)):
+    return None
+  import torch
+  step = ref.build_step(name, student, teacher, args.num_classes, data, dict(config.method))
+  gen = torch.Generator().manual_seed(0)
+  return Timed(lambda: step(torch.randint(0, args.num_train, (batch,), generator=gen)))
+
+
+def _add_reference(row: dict[str, Any], reference: Timed | None) -> dict[str, Any]:
+  """PyTorch's times of the same step and kdjax's speed relative to them (> 1: kdjax faster)."""
+  if reference is not None:
+    row['torch'] = reference.stats()
+    row['torch']['images_per_s'] = row['batch'] / row['torch']['step_s']
+    row['vs_torch'] = row['torch']['step_s'] / row['step_s']
+    row['vs_torch_cpu'] = row['torch']['cpu_s'] / row['cpu_s']
+  return row
+
+
+def _reference_info(ref) -> dict[str, Any] | None:
+  if ref is None:
+    return None
+  import torch
+  return {'framework': 'torch', 'version': torch.__version__, 'threads': torch.get_num_threads(),
+          'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', ''),
+          'source': 'experiments/torch_reference.py (NCHW CIFAR ResNets, eval teacher under '
+                    'no_grad, same loss and SGD, augmentation inside the step)'}
 
 
 def _derive(row: dict[str, Any], peak: float) -> dict[str, Any]:
@@ -195,35 +314,66 @@ def _derive(row: dict[str, Any], peak: float) -> dict[str, Any]:
   return row
 
 
+def _ratio(r: dict[str, Any], key: str = 'vs_torch') -> str:
+  return f'{r[key]:.2f}x' if r.get(key) else '-'
+
+
+def _torch_ms(r: dict[str, Any]) -> str:
+  return f"{1e3 * r['torch']['step_s']:.1f}" if 'torch' in r else '-'
+
+
 def markdown(result: dict[str, Any]) -> str:
   d, pk = result['device'], result['peak_flops']
+  ref = result.get('reference')
+  load = result.get('load_average_1min')
   lines = [f"# kdjax benchmark: {d['description']}", '',
            f"jax {result['jax_version']}, {result['date']}, commit {result['git_commit']}; "
            f"inputs: {result['inputs']}; dtype {result['dtype']}.",
            "Measured peak: " + ', '.join(f'{k} {v / 1e12:.3f} TFLOP/s' for k, v in pk.items())
            + f"; MFU against {result['dtype']}. Memory: {result['memory_kind']}; XLA temp = "
-           'scratch of the compiled step.', '', f"`{result['command']}`", '']
+           'scratch of the compiled step.',
+           f"XLA_FLAGS: `{result.get('xla_flags') or '(none)'}`."
+           + (f" 1-min load average {load['start']:.1f} at the start, {load['end']:.1f} at the "
+              'end (a shared machine: other processes ran during the timing).' if load else ''),
+           f"Times: median of {result['steps']} calls after {result['warmup']} warm-up calls"
+           + ('; kdjax and PyTorch called alternately, one call each per round, so both see '
+              "the same load. 'kdjax/PyTorch' = PyTorch's time / kdjax's (> 1: kdjax faster), "
+              "from wall time and from process CPU time (CPU: user + system seconds of all "
+              "threads, which the other processes' load does not inflate). "
+              f"Reference: torch {ref['version']}, {ref['threads']} threads, "
+              f"OMP_WAIT_POLICY={ref.get('omp_wait_policy') or '(unset)'}, {ref['source']}."
+              if ref else '.'),
+           '', f"`{result['command']}`", '']
   if result['methods']:
     lines += [f"## Methods: {result['teacher']} -> {result['student']}, batch {result['batch']}", '',
-              '| method | compile s | step ms | img/s | GFLOP/step | TFLOP/s | MFU % | vs KD '
-              '| XLA temp MB | peak mem MB |', '|' + '---|' * 10]
+              '| method | variant | compile s | step ms | CPU s/step | img/s | PyTorch step ms '
+              '| kdjax/PyTorch (wall) | kdjax/PyTorch (CPU) | GFLOP/step | MFU % | vs KD '
+              '| XLA temp MB | peak mem MB |', '|' + '---|' * 14]
     for r in result['methods']:
       vs = f"{r['vs_kd']:.2f}x" if r.get('vs_kd') else '-'
-      lines.append(f"| {r['method']} | {r['compile_s']:.1f} | {1e3 * r['step_s']:.1f} | "
-                   f"{r['images_per_s']:.0f} | {r['flops_per_step'] / 1e9:.1f} | "
-                   f"{r['tflops_per_s']:.3f} | {100 * r['mfu']:.1f} | {vs} | "
+      lines.append(f"| {r['method']} | {r.get('variant', 'xla')} | {r['compile_s']:.1f} | "
+                   f"{1e3 * r['step_s']:.1f} | {r['cpu_s']:.2f} | {r['images_per_s']:.0f} | "
+                   f"{_torch_ms(r)} | {_ratio(r)} | {_ratio(r, 'vs_torch_cpu')} | "
+                   f"{r['flops_per_step'] / 1e9:.1f} | {100 * r['mfu']:.1f} | {vs} | "
                    f"{r['xla_temp_bytes'] / 2**20:.0f} | {r['peak_memory_bytes'] / 2**20:.0f} |")
     lines.append('')
+    used = sorted({r.get('variant', 'xla') for r in result['methods']})
+    lines += [f"Variants: " + '; '.join(f"`{v}`: {result['variants'][v]}" for v in used), '']
   if result['models']:
-    lines += ['## Models alone (forward = eval mode; train = CE step)', '',
-              '| model | batch | fwd img/s | train img/s | train step ms | GFLOP/train step '
-              '| train MFU % | compile s (fwd / train) |', '|' + '---|' * 8]
+    lines += ['## Models alone (forward = eval mode; forward+backward = train-mode CE '
+              'gradients, no update; train = the CE train step)', '',
+              '| model | batch | fwd ms | PyTorch fwd ms | fwd kdjax/PyTorch (wall / CPU) '
+              '| fwd+bwd ms | PyTorch fwd+bwd ms | fwd+bwd kdjax/PyTorch (wall / CPU) '
+              '| train img/s | GFLOP/train step | train MFU % | compile s (fwd / fwd+bwd / train) |',
+              '|' + '---|' * 12]
     for r in result['models']:
-      f, t = r['forward'], r['train']
-      lines.append(f"| {r['model']} | {r['batch']} | {f['images_per_s']:.0f} | "
-                   f"{t['images_per_s']:.0f} | {1e3 * t['step_s']:.1f} | "
-                   f"{t['flops_per_step'] / 1e9:.1f} | {100 * t['mfu']:.1f} | "
-                   f"{f['compile_s']:.1f} / {t['compile_s']:.1f} |")
+      f, fb, t = r['forward'], r['forward_backward'], r['train']
+      lines.append(f"| {r['model']} | {r['batch']} | {1e3 * f['step_s']:.1f} | {_torch_ms(f)} | "
+                   f"{_ratio(f)} / {_ratio(f, 'vs_torch_cpu')} | {1e3 * fb['step_s']:.1f} | "
+                   f"{_torch_ms(fb)} | {_ratio(fb)} / {_ratio(fb, 'vs_torch_cpu')} | "
+                   f"{t['images_per_s']:.0f} | {t['flops_per_step'] / 1e9:.1f} | "
+                   f"{100 * t['mfu']:.1f} | {f['compile_s']:.1f} / {fb['compile_s']:.1f} / "
+                   f"{t['compile_s']:.1f} |")
     lines.append('')
   return '\n'.join(lines)
 
@@ -248,25 +398,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   images = replicate(jax.random.bits(jax.random.PRNGKey(0), shape, jnp.uint8), mesh)
   labels = replicate(jax.random.randint(jax.random.PRNGKey(1), (args.num_train,), 0,
                                         args.num_classes, jnp.int32), mesh)
+  unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
+  if unknown:
+    raise SystemExit(f"benchmark: unknown variant(s) {', '.join(unknown)}; accepted: "
+                     f"{', '.join(VARIANTS)}")
+  ref, ref_data = torch_steps(args.reference, args)
+  load_before = os.getloadavg()
   rows = []
   for name in names:
     config = method_config(name, args.teacher, args.student, args.dtype)
-    row = {'method': name, 'batch': args.batch,
-           **run_train(config, args.batch, args, mesh, images, labels)}
-    rows.append(_derive(row, pk))
-    _say(f"{name}: {1e3 * row['step_s']:.1f} ms/step, compile {row['compile_s']:.1f} s")
-  kd = next((r['step_s'] for r in rows if r['method'] == 'kd'), None)
+    for variant in (args.variants.split(',') if name == 'kd' else ['xla']):
+      layers.set_conv_impl('matmul_grad' if variant == 'matmul_grad' else None)
+      info, timed = prepare_train(config, args.batch, args, mesh, images, labels, variant)
+      layers.set_conv_impl(None)  # traced and compiled: later rows get the default again
+      reference = torch_train(ref, ref_data, name, config, args.batch, args)
+      interleave([timed] + ([reference] if reference else []), args.warmup, args.steps)
+      row = _derive({'method': name, 'variant': variant, 'batch': args.batch,
+                     **finish(info, timed)}, pk)
+      _add_reference(row, reference)
+      rows.append(row)
+      _say(f"{name} [{variant}]: {1e3 * row['step_s']:.1f} ms/step, compile "
+           f"{row['compile_s']:.1f} s" + (f", PyTorch {1e3 * row['torch']['step_s']:.1f} ms"
+                                           if reference else ''))
+  kd = next((r['step_s'] for r in rows if r['method'] == 'kd' and r['variant'] == 'xla'), None)
   for r in rows:
     r['vs_kd'] = r['step_s'] / kd if kd else None
   model_rows = []
   for name in filter(None, args.models.split(',')):
     for b in (int(s) for s in args.batch_sizes.split(',')):
       config = method_config('train', '', name, args.dtype)
-      fwd = _derive({'batch': b, **run_forward(name, b, args, mesh, images)}, pk)
-      trn = _derive({'batch': b, **run_train(config, b, args, mesh, images, labels)}, pk)
-      model_rows.append({'model': name, 'batch': b, 'forward': fwd, 'train': trn})
-      _say(f"{name} batch {b}: forward {fwd['images_per_s']:.0f} img/s, "
-           f"train {trn['images_per_s']:.0f} img/s")
+      entry = {'model': name, 'batch': b}
+      has_ref = ref is not None and ref.has_model(name)
+      for key, prep, ref_build in (
+          ('forward', lambda: prepare_forward(name, b, args, mesh, images),
+           lambda: ref.build_forward(name, args.num_classes, b)),
+          ('forward_backward', lambda: prepare_forward_backward(name, b, args, mesh, images, labels),
+           lambda: ref.build_forward_backward(name, args.num_classes, b)),
+          ('train', lambda: prepare_train(config, b, args, mesh, images, labels), None)):
+        info, timed = prep()
+        reference = Timed(ref_build()) if has_ref and ref_build else None
+        interleave([timed] + ([reference] if reference else []), args.warmup, args.steps)
+        entry[key] = _add_reference(_derive({'batch': b, **finish(info, timed)}, pk), reference)
+      model_rows.append(entry)
+      _say(f"{name} batch {b}: forward {entry['forward']['images_per_s']:.0f} img/s, "
+           f"forward+backward {entry['forward_backward']['images_per_s']:.0f} img/s, "
+           f"train {entry['train']['images_per_s']:.0f} img/s")
+  load_after = os.getloadavg()
   result = {
       'device': {'platform': platform, 'kind': devices[0].device_kind, 'count': len(devices),
                  'description': f'{len(devices)} x {devices[0].device_kind} ({platform})'
@@ -279,7 +456,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       'warmup': args.warmup, 'steps': args.steps, 'step_statistic': 'median',
       'flops_source': 'XLA cost_analysis of the compiled step (per device program)',
       'peak_flops': peak, 'peak_flops_source': f'median of jitted {n}x{n} matmul chains',
-      'memory_kind': peak_memory()[1], 'methods': rows, 'models': model_rows}
+      'memory_kind': peak_memory()[1], 'methods': rows, 'models': model_rows,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'variants': VARIANTS,
+      'reference': _reference_info(ref),
+      'load_average_1min': {'start': load_before[0], 'end': load_after[0]}}
   out = args.out or os.path.join(ROOT, 'results', f'benchmark_{platform}.json')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, 'w') as f:

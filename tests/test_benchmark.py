@@ -36,3 +36,28 @@ def test_benchmark_writes_json_and_table(tmp_path):
   assert row['vs_kd'] == 1.0
   table = out.with_suffix('.md').read_text()
   assert '| kd |' in table
+
+
+def test_benchmark_reference_torch_and_variants(tmp_path):
+  """--reference torch times the same rows in PyTorch alongside; --variants adds KD rows."""
+  import pytest
+  pytest.importorskip('torch', reason='the PyTorch reference is an optional extra')
+  out = tmp_path / 'bench.json'
+  _load_benchmark().main([
+      '--teacher', 'resnet8', '--student', 'resnet8', '--batch', '8', '--num_classes', '10',
+      '--num_train', '32', '--methods', 'kd,icd', '--variants', 'xla,fold', '--warmup', '0',
+      '--steps', '1', '--matmul_size', '128', '--models', 'resnet8', '--batch_sizes', '8',
+      '--reference', 'torch', '--out', str(out)])
+  result = json.loads(out.read_text())
+  assert [(r['method'], r['variant']) for r in result['methods']] == [
+      ('kd', 'xla'), ('kd', 'fold'), ('icd', 'xla')]
+  for r in result['methods']:
+    assert r['torch']['step_s'] > 0 and r['cpu_s'] > 0
+    assert r['vs_torch'] == r['torch']['step_s'] / r['step_s']
+  [model] = result['models']
+  for key in ('forward', 'forward_backward'):
+    assert model[key]['torch']['step_s'] > 0 and model[key]['vs_torch'] > 0
+  assert 'torch' not in model['train']  # the reference has no full-step model row
+  assert result['reference']['framework'] == 'torch'
+  table = out.with_suffix('.md').read_text()
+  assert '| kd | fold |' in table and 'kdjax/PyTorch' in table

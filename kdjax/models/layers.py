@@ -1,6 +1,7 @@
 """Layers that reproduce PyTorch numerics where Flax's defaults differ."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -36,6 +37,87 @@ CONV_INITS = ('he_fan_out', 'torch')
 # with zero bias (VGG, MobileNetV2)
 LINEAR_INITS = ('torch', 'torch_zero_bias', 'normal_001')
 
+# How convolutions are lowered, per backend. 'xla': lax.conv_general_dilated and XLA's
+# own gradients. 'matmul_grad': the same forward and input gradient, the kernel gradient
+# as one matmul per kernel row over shifted input windows (a custom VJP). A backend not
+# listed uses 'xla'; on CPU the two were measured side by side (experiments/benchmark.py
+# --variants, results/benchmark_cpu_torch*.md) and XLA's own was kept.
+CONV_IMPLS = ('xla', 'matmul_grad')
+CONV_IMPL_BY_BACKEND: dict[str, str] = {}
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_conv_impl_override: list[str] = []  # set_conv_impl's choice, for benchmarks and tests
+
+
+def set_conv_impl(name: str | None) -> None:
+  """Forces ``name`` (one of ``CONV_IMPLS``) for convolutions traced from now on; ``None``
+  restores the per-backend choice. Already compiled functions keep their lowering."""
+  if name is not None and name not in CONV_IMPLS:
+    raise ValueError(f'unknown convolution lowering {name!r}; accepted: {", ".join(CONV_IMPLS)}')
+  _conv_impl_override[:] = [] if name is None else [name]
+
+
+def conv_impl() -> str:
+  if _conv_impl_override:
+    return _conv_impl_override[0]
+  return CONV_IMPL_BY_BACKEND.get(jax.default_backend(), 'xla')
+
+
+def _windows(x: jax.Array, i: int, j: int, out_hw: tuple[int, int], stride: tuple[int, int]
+             ) -> jax.Array:
+  """``x[:, i + s*h, j + s*w, :]`` for the output positions (h, w): the inputs that kernel
+  tap (i, j) multiplies."""
+  (ho, wo), (sh, sw) = out_hw, stride
+  return jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1,
+                                          j + (wo - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_grad(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+                      padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                      dimension_numbers=_NHWC)
+
+
+def _conv_matmul_grad_fwd(x, w, strides, padding):
+  return _conv_matmul_grad(x, w, strides, padding), (x, w)
+
+
+def _conv_matmul_grad_bwd(strides, padding, res, g):
+  x, w = res
+  _, input_vjp = jax.vjp(lambda x: jax.lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=_NHWC), x)
+  (dx,) = input_vjp(g)  # XLA's transposed convolution
+  kh, kw, cin, cout = w.shape
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  rows = []
+  for i in range(kh):
+    # the kw taps of one kernel row side by side: one (kw*cin, B*H*W) x (B*H*W, cout) matmul
+    patches = jnp.concatenate([_windows(xp, i, j, g.shape[1:3], strides) for j in range(kw)], -1)
+    rows.append(jnp.einsum('bhwk,bhwo->ko', patches, g,
+                           preferred_element_type=jnp.float32).reshape(kw, cin, cout))
+  return dx, jnp.stack(rows).astype(w.dtype)
+
+
+_conv_matmul_grad.defvjp(_conv_matmul_grad_fwd, _conv_matmul_grad_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """``lax.conv_general_dilated`` with the lowering of ``conv_impl()``; 'matmul_grad'
+  covers the plain NHWC convolution (no dilation, no groups), the rest stays XLA's."""
+  plain = (feature_group_count == 1 and not any(d != 1 for d in (lhs_dilation or ()))
+           and not any(d != 1 for d in (rhs_dilation or ())) and not kwargs
+           and precision is None and not isinstance(padding, str) and lhs.ndim == 4
+           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if conv_impl() == 'matmul_grad' and plain:
+    return _conv_matmul_grad(lhs, rhs, tuple(window_strides),
+                             tuple(tuple(p) for p in padding))
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                      rhs_dilation, dimension_numbers, feature_group_count,
+                                      precision=precision, **kwargs)
+
 
 def conv(features: int, kernel: int = 3, stride: int = 1, padding: int | None = None,
          groups: int = 1, use_bias: bool = False, dtype: Dtype = jnp.float32,
@@ -58,7 +140,8 @@ def conv(features: int, kernel: int = 3, stride: int = 1, padding: int | None = 
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride),
       padding=torch_padding(kernel, padding), feature_group_count=groups,
-      use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)
+      use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+      conv_general_dilated=conv_general_dilated, name=name)
 
 
 class BatchNorm(nn.Module):
