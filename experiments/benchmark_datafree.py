@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmark import measure, peak_memory
-from common import ROOT, load_config_module, provenance
+from benchmark import finish, interleave, peak_memory, prepare
+from common import ROOT, load_config_module, provenance, write_result
 from kdjax import datafree
 from kdjax.data.sources import known_normalization
 from kdjax.models import create_model
@@ -129,8 +129,9 @@ def synthesis_row(method: str, teacher_name: str, student_name: str, args, mesh)
 
 
 def student_rows(method: str, teacher_name: str, student_name: str, args, mesh) -> dict:
-  """The student step on the pool, without and with KDCI, and KDCI's rebuild."""
-  out = {}
+  """The student step on the pool without and with KDCI, timed call by call in turns (the
+  same machine load for both), and KDCI's rebuild on a full pool."""
+  out, prepared = {}, {}
   for kdci in (False, True):
     c = _config(method, teacher_name, student_name, args.batch, kdci)
     teacher = create_model(teacher_name, args.num_classes)
@@ -150,20 +151,23 @@ def student_rows(method: str, teacher_name: str, student_name: str, args, mesh) 
            for i in range(args.warmup + args.steps + 1)]
     method_state = jax.tree.map(lambda a: jnp.array(a, copy=True), setup.state.method_state)
     state, t_vars = replicate(setup.state, mesh), replicate(t_vars, mesh)
-    res = measure(chunk, (state, t_vars, images, labels, idx[0]),
-                  lambda a, o, i: (o[0], a[1], a[2], a[3], idx[i + 1]), args.warmup, args.steps)
-    name = 'kdci' if kdci else 'student'
-    out[f'{name}_step_s'] = res['step_s']
-    out[f'{name}_step_temp_bytes'] = res['xla_temp_bytes']
+    prepared['kdci' if kdci else 'student'] = prepare(
+        chunk, (state, t_vars, images, labels, idx[0]),
+        lambda a, o, i: (o[0], a[1], a[2], a[3], idx[i + 1]))
     if kdci:
-      pool = datafree.init_pool(args.dict_pool, (32, 32, 3), args.num_classes,
-                                int(jax.eval_shape(lambda v, x: teacher.apply(v, x), t_vars,
-                                                   jnp.zeros((1, 32, 32, 3)))[1][-1].shape[-1]))
+      feature_dim = int(jax.eval_shape(lambda v, x: teacher.apply(v, x), t_vars,
+                                       jnp.zeros((1, 32, 32, 3)))[1][-1].shape[-1])
+      pool = datafree.init_pool(args.dict_pool, (32, 32, 3), args.num_classes, feature_dim)
       pool = pool.replace(features=jax.random.normal(jax.random.PRNGKey(6),
                                                      pool.features.shape),
                           count=jnp.asarray(args.dict_pool, jnp.int32))
       rebuild = jax.jit(lambda ms, p, k: _rebuild_dictionary(ms, p, k, m_cfg))
       out['kdci_rebuild_s'] = _timed(rebuild, method_state, pool, jax.random.PRNGKey(7), reps=2)
+  interleave([t for _, t in prepared.values()], args.warmup, args.steps)
+  for name, (info, timed) in prepared.items():
+    res = finish(info, timed)
+    out[f'{name}_step_s'] = res['step_s']
+    out[f'{name}_step_temp_bytes'] = res['xla_temp_bytes']
   return out
 
 
@@ -212,12 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
             'scan': args.scan, 'rows': rows}
   out = args.out or os.path.join(ROOT, 'results',
                                  f'benchmark_datafree_{jax.devices()[0].platform}.json')
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.splitext(out)[0] + '.md', 'w') as f:
-    f.write(markdown(result))
-  print(markdown(result))
+  write_result(out, result, markdown(result))
   return result
 
 

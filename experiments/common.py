@@ -45,3 +45,14 @@ def provenance(script: str, argv: list[str]) -> dict[str, Any]:
           'jax_version': jax.__version__,
           'python': sys.version.split()[0],
           'date': datetime.datetime.now().isoformat(timespec='seconds')}
+
+
+def write_result(out: str, result: dict[str, Any], markdown: str) -> None:
+  """``result`` as JSON at ``out`` and ``markdown`` next to it (``.md``), printed too."""
+  import json
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, 'w') as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.splitext(out)[0] + '.md', 'w') as f:
+    f.write(markdown)
+  print(markdown)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, provenance  # noqa: E402
+from common import ROOT, provenance, write_result  # noqa: E402
 
 sys.path.insert(0, ROOT)  # this checkout's kdjax, whatever is installed
 
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             'image': f'{args.width}x{args.height}', 'crop': args.size, 'batch': args.batch,
             'rows': rows}
   out = args.out or os.path.join(ROOT, 'results', f'stream_{jax.devices()[0].platform}.json')
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.splitext(out)[0] + '.md', 'w') as f:
-    f.write(markdown(result))
-  print(markdown(result))
+  write_result(out, result, markdown(result))
   return result
 
 
