@@ -324,10 +324,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.mode == 'transfer':
     _check_transfer(config)
   if config.mode == 'datafree':
-    _check_datafree(config)
+    _check_datafree(config, meta)   # meta: the teacher export's, checked above
 
 
-def _check_datafree(config: ml_collections.ConfigDict) -> None:
+def _check_datafree(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:
   """A data-free run: the synthesizer and its options, the schedule of rounds, the pool's
   size against memory, and a teacher that can drive the chosen synthesis."""
   from kdjax import datafree
@@ -369,11 +369,6 @@ def _check_datafree(config: ml_collections.ConfigDict) -> None:
         f"config key 'datafree.pool_capacity' = {d.pool_capacity}: the pool needs "
         f"{pool_bytes / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are available; use at most "
         f"{free // 2 // (size * size * 3)}")
-  meta = _check_model_checkpoint('teacher.checkpoint', config.teacher.checkpoint,
-                                 config.teacher.model)
-  if meta.get('image_size') and meta['image_size'] != size:
-    raise ConfigError(f"config key 'data.image_size' is {size} but the teacher was trained on "
-                      f"{meta['image_size']}x{meta['image_size']} images")
   if datafree.uses_batchnorm(d) and not _teacher_has_batchnorm(meta, size):
     raise ConfigError(f"datafree.method '{d.method}' matches the teacher's BatchNorm statistics, "
                       f"but the teacher ({meta['model']}) has no BatchNorm layer; use "

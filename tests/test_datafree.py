@@ -308,7 +308,7 @@ def nobn_teacher(tmp_path_factory) -> str:
     (dict(datafree__fast__meta='maml2'), "'datafree.fast.meta' is 'maml2'"),
     (dict(datafree__fast__lr_g=0.0), "'datafree.fast.lr_g' must be > 0"),
     (dict(datafree__pool_capacity=8), 'smaller than one synthesis round'),
-    (dict(data__image_size=64), 'the teacher was trained on 32x32'),
+    (dict(data__image_size=64), 'was trained on 32x32 images'),
 ])
 def test_bad_datafree_configs_are_one_line_errors(overrides, message, fake_teacher):
   from kdjax.config import ConfigError, validate
