@@ -41,7 +41,7 @@ CONVERT = ['@kdjax.convert', '--torch_checkpoint', '{tmp}/a_file', '--model', 'r
            '--num_classes', '10', '--out', '{tmp}/converted']
 # the checkpoint fingerprint of a FAKE run
 FAKE_FINGERPRINT = {'mode': 'train', 'model': 'resnet8', 'method': 'ce', 'data': 'fake',
-                    'batch_size': 32, 'seed': 0, 'devices': 1}
+                    'batch_size': 32, 'seed': 0, 'devices': 1, 'drop_last': False}
 
 _CONFIG_FILES = {
     'top_level_key.py': 'c.learning_rate = 0.1',
@@ -154,8 +154,7 @@ def assets(tmp_path_factory) -> dict[str, str]:
   _export(root / 'teacher10', 'resnet8', 10)
   # a workdir holding a checkpoint of another experiment (only its meta is read)
   ckpts = Checkpoints(str(root / 'used'), 2)
-  fingerprint = {'mode': 'train', 'model': 'resnet20', 'method': 'ce', 'data': 'fake',
-                 'batch_size': 32, 'seed': 0, 'devices': 1}
+  fingerprint = {**FAKE_FINGERPRINT, 'model': 'resnet20'}
   ckpts.save(8, {'x': np.zeros(3, np.float32)}, {'fingerprint': fingerprint}, wait=True)
   ckpts.close()
   return {'tmp': str(root)}
