@@ -338,6 +338,7 @@ def test_the_base_part_of_the_state_is_the_base_methods():
   cfg = method_config(base='crd')
   c = ml_collections.ConfigDict(cfg.to_dict())
   c.crd.negatives = 16
+  c.crd.sampling = 'uniform'   # other-class sampling needs the training labels in the context
   cfg = ml_collections.FrozenConfigDict(c)
   method, vars = init(cfg, 'crd')
   s, t = outputs(0)
