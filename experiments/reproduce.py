@@ -181,7 +181,9 @@ def plan(args: argparse.Namespace, budget: tuple[int, int] | None) -> list[Cell]
     for row in rows:
       path, arg = spec(row, pair)
       config = load_config_module(path).get_config(arg)
-      teacher = config.teacher.model if config.mode in ('distill', 'datafree') else ''
+      # the config's teacher model, else the pair's first name (TEACHER-STUDENT)
+      teacher = (config.teacher.model or pair.split('-')[0]
+                 if config.mode in ('distill', 'datafree') else '')
       for seed in range(args.seeds):
         workdir = os.path.join(args.runs, args.table, budget_tag(budget), pair,
                                row.name.split()[0], f'seed{seed}')

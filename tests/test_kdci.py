@@ -501,6 +501,7 @@ def test_every_method_with_a_teacher_composes():
     c.kdci.enabled, c.kdci.hidden = True, 8
     if 'crd' in c:
       c.crd.negatives = 16
+      c.crd.sampling = 'uniform'   # other-class sampling needs the training labels
     cfg = ml_collections.FrozenConfigDict(c)
     method = resolve(name, cfg)
     vars = method.init(InitContext(jax.random.PRNGKey(0), out, teacher, C, N_TRAIN, cfg))
