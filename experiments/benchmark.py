@@ -42,10 +42,10 @@ from kdjax.data.sources import known_normalization
 from kdjax.models import create_model
 from kdjax.models import layers
 from kdjax.models.fold import fold_batchnorm
-from kdjax.train.loop import DTYPES, build_run, method_for
+from kdjax.train.assemble import Teacher, assemble, configured, labels_only
 from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
 from kdjax.train.state import TrainState
-from kdjax.train.steps import DataSpec, build_train_chunk, build_train_step, forward
+from kdjax.train.steps import DataSpec, build_train_chunk, forward
 
 INPUTS = 'random uint8 images / int labels on device (benchmark input, not a dataset)'
 # kdjax variants of the KD step, each timed on its own row (see experiments/README.md)
@@ -69,7 +69,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "or 'none'; '<method>+kdci' wraps a method with KDCI")
   p.add_argument('--models', default='', help='comma list of models to time alone')
   p.add_argument('--batch_sizes', default='64', help='batches of the --models rows')
-  p.add_argument('--dtype', default='float32', choices=sorted(DTYPES))
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   p.add_argument('--image_size', type=int, default=32, help='input S (224 for ImageNet models)')
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--steps', type=int, default=20, help='timed calls; the median is reported')
@@ -110,21 +110,25 @@ def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
                variant: str = 'xla') -> tuple[Callable, TrainState, Any]:
   """The jitted one-step chunk, its initial state and the teacher variables
   (``train_labels``: the (num_train,) labels, for CRD's other-class sampler)."""
-  method, method_cfg = method_for(config)
-  dtype = DTYPES[config.model.dtype]
+  choice = labels_only(config) if config.mode == 'train' else configured(config)
+  dtype = jnp.dtype(config.model.dtype)
   steps_per_epoch = max(num_train // batch, 1)
-  teacher = create_model(config.teacher.model, num_classes, dtype) if method.needs_teacher else None
-  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, image_size, image_size, 3)),
-                              train=False) if teacher else {}
-  if teacher is not None and variant == 'fold':
-    teacher_vars = fold_batchnorm(teacher, teacher_vars, jnp.zeros((2, image_size, image_size, 3)))
-  # the same construction as training (student, method variables, optimizer, state)
-  setup = build_run(config, num_classes, num_train, (image_size, image_size, 3), teacher,
-                    teacher_vars, steps_per_epoch, train_labels=train_labels)
-  student, tx, state = setup.student, setup.tx, setup.state
+  teacher = None
+  if choice[0].needs_teacher:
+    model = create_model(config.teacher.model, num_classes, dtype)
+    sample = jnp.zeros((2, image_size, image_size, 3))
+    teacher_vars = model.init(jax.random.PRNGKey(1), sample, train=False)
+    if variant == 'fold':
+      teacher_vars = fold_batchnorm(model, teacher_vars, sample)
+    teacher = Teacher(model, teacher_vars, {})
   mean, std = known_normalization('cifar100')
-  data = DataSpec(mean, std, config.data.crop_padding, config.data.flip)
-  step = build_train_step(student, teacher, method, method_cfg, tx, data, steps_per_epoch, mesh)
+  # the same construction as training (student, method variables, optimizer, state, step)
+  run = assemble(config, choice, num_classes=num_classes, num_train=num_train,
+                 image_shape=(image_size, image_size, 3),
+                 data=DataSpec(mean, std, config.data.crop_padding, config.data.flip),
+                 steps_per_epoch=steps_per_epoch, teacher=teacher, train_labels=train_labels)
+  step, state = run.train_step(mesh), run.state
+  teacher_vars = teacher.variables if teacher else {}
   return build_train_chunk(step, mesh, 1), replicate(state, mesh), replicate(teacher_vars, mesh)
 
 
@@ -229,7 +233,7 @@ def prepare_train(config, batch, args, mesh, images, labels, variant: str = 'xla
 
 
 def _model_inputs(name, batch, args, mesh, images):
-  model = create_model(name, args.num_classes, DTYPES[args.dtype])
+  model = create_model(name, args.num_classes, jnp.dtype(args.dtype))
   size = args.image_size
   variables = replicate(model.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)),
                                    train=False), mesh)

@@ -35,10 +35,10 @@ from kdjax import datafree
 from kdjax.data.sources import known_normalization
 from kdjax.models import create_model
 from kdjax.models.generator import create_generator
+from kdjax.train.assemble import Teacher, assemble, configured
 from kdjax.train.datafree import _rebuild_dictionary
-from kdjax.train.loop import build_run, method_for
 from kdjax.train.mesh import make_mesh, replicate
-from kdjax.train.steps import DataSpec, build_train_chunk, build_train_step
+from kdjax.train.steps import DataSpec, build_train_chunk
 
 INPUTS = 'random-weight teachers; random uint8 pool images (benchmark input, not a dataset)'
 
@@ -136,14 +136,12 @@ def student_rows(method: str, teacher_name: str, student_name: str, args, mesh) 
     c = _config(method, teacher_name, student_name, args.batch, kdci)
     teacher = create_model(teacher_name, args.num_classes)
     t_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False)
-    setup = build_run(c, args.num_classes, 0 if kdci else args.pool, (32, 32, 3), teacher,
-                      t_vars, c.datafree.ep_steps)
-    m, m_cfg = method_for(c)
     mean, std = known_normalization('cifar100')
-    step = build_train_step(setup.student, teacher, m, m_cfg, setup.tx,
-                            DataSpec(mean, std, c.data.crop_padding, c.data.flip),
-                            c.datafree.ep_steps, mesh)
-    chunk = build_train_chunk(step, mesh, 1)
+    setup = assemble(c, configured(c), num_classes=args.num_classes,
+                     num_train=0 if kdci else args.pool, image_shape=(32, 32, 3),
+                     data=DataSpec(mean, std, c.data.crop_padding, c.data.flip),
+                     steps_per_epoch=c.datafree.ep_steps, teacher=Teacher(teacher, t_vars, {}))
+    chunk = build_train_chunk(setup.train_step(mesh), mesh, 1)
     images = jax.random.randint(jax.random.PRNGKey(5), (args.pool, 32, 32, 3), 0, 256,
                                 jnp.int32).astype(jnp.uint8)
     labels = jnp.zeros((args.pool,), jnp.int32)
@@ -161,7 +159,7 @@ def student_rows(method: str, teacher_name: str, student_name: str, args, mesh) 
       pool = pool.replace(features=jax.random.normal(jax.random.PRNGKey(6),
                                                      pool.features.shape),
                           count=jnp.asarray(args.dict_pool, jnp.int32))
-      rebuild = jax.jit(lambda ms, p, k: _rebuild_dictionary(ms, p, k, m_cfg))
+      rebuild = jax.jit(lambda ms, p, k: _rebuild_dictionary(ms, p, k, setup.method_config))
       out['kdci_rebuild_s'] = _timed(rebuild, method_state, pool, jax.random.PRNGKey(7), reps=2)
   interleave([t for _, t in prepared.values()], args.warmup, args.steps)
   for name, (info, timed) in prepared.items():

@@ -14,15 +14,13 @@ from typing import Any
 import jax
 import ml_collections
 
+from kdjax.errors import ConfigError
+
 MODES = ('train', 'distill', 'evaluate', 'pipeline', 'transfer', 'datafree')
 FEEDS = ('auto', 'device', 'host')
 PIPELINES = ('memory', 'streaming')
 SCHEDULES = ('multistep', 'cosine', 'constant')
 DTYPES = ('float32', 'bfloat16')
-
-
-class ConfigError(ValueError):
-  """A configuration mistake, reported to the user in one line."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -107,11 +107,9 @@ def _main(argv: list[str], workdir: str | None) -> None:
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   # imported here so that --help answers without initialising JAX
-  from kdjax.config import ConfigError, validate, validate_distributed
-  from kdjax.data import DataError
-  from kdjax.train import export
-  from kdjax.train.checkpoint import CheckpointError
-  from kdjax.train.loop import NonFiniteLoss, Preempted, run
+  from kdjax.config import validate, validate_distributed
+  from kdjax.errors import USER_ERRORS, NonFiniteLoss, Preempted
+  from kdjax.train.modes import run
   from kdjax.train.mesh import initialize_distributed
   from kdjax.train.workdir import check_writable
 
@@ -130,7 +128,7 @@ def _main(argv: list[str], workdir: str | None) -> None:
     if workdir and config.mode != 'evaluate':
       check_writable(workdir)  # after validate: a refused config leaves no workdir behind
     run(config, workdir or '')
-  except (ConfigError, DataError, CheckpointError, export.ExportError) as e:
+  except USER_ERRORS as e:
     _fail(str(e), _PLATFORM_EXIT_CODES['user'])
   except Preempted as e:
     _fail(str(e), _PLATFORM_EXIT_CODES[

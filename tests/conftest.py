@@ -93,7 +93,7 @@ def tiny_config(**overrides):
 @pytest.fixture(scope='session')
 def fake_teacher(tmp_path_factory) -> str:
   """A resnet8 teacher trained briefly on the fake data; returns its workdir."""
-  from kdjax.train.loop import train
+  from kdjax.train.modes import run as train
   workdir = str(tmp_path_factory.mktemp('teacher'))
   train(tiny_config(train__epochs=5), workdir)
   return workdir

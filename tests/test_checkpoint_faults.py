@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from kdjax.train import export, loop
+from kdjax.train import export, modes
 from kdjax.train.checkpoint import CheckpointError
 
 # 8 steps per epoch: checkpoints at steps 16 and 24 are kept
@@ -22,7 +22,7 @@ CONFIG = dict(train__epochs=3, checkpoint__keep=2)
 def finished(tmp_path_factory) -> str:
   """An undamaged, finished 3-epoch run."""
   workdir = str(tmp_path_factory.mktemp('finished') / 'run')
-  loop.train(tiny_config(**CONFIG), workdir)
+  modes.run(tiny_config(**CONFIG), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['16', '24']
   return workdir
 
@@ -67,7 +67,7 @@ def test_damaged_latest_checkpoint_falls_back(damage, finished, tmp_path, capfd)
   damage(os.path.join(workdir, 'checkpoints', '24'))
   # leftovers of a write killed half-way are ignored and removed
   os.makedirs(os.path.join(workdir, 'checkpoints', '32.orbax-checkpoint-tmp-1234', 'state'))
-  loop.train(tiny_config(**CONFIG), workdir)
+  modes.run(tiny_config(**CONFIG), workdir)
   out, err = capfd.readouterr()
   assert f'checkpoint step 24 in {workdir}/checkpoints is unreadable (' in err
   assert 'resuming from step 16 instead' in err
@@ -86,7 +86,7 @@ def test_no_readable_checkpoint_is_an_error(finished, tmp_path):
   with pytest.raises(CheckpointError, match=r'no checkpoint in .* is readable '
                      r'\(steps \[24, 16\]\); delete that directory to start the run over, '
                      'or use a new --workdir'):
-    loop.train(tiny_config(**CONFIG), workdir)
+    modes.run(tiny_config(**CONFIG), workdir)
 
 
 def test_digest_depends_on_every_value():

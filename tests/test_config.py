@@ -102,7 +102,7 @@ def test_teacher_whose_weights_do_not_fit(tmp_path):
 
 
 def test_teacher_with_another_class_count(tmp_path):
-  from kdjax.train.loop import train
+  from kdjax.train.modes import run as train
   path = _export(tmp_path / 't', 'resnet8', num_classes=10)
   config = tiny_config(mode='distill', teacher__checkpoint=path)
   validate(config)  # shapes are consistent with its own metadata

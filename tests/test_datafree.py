@@ -113,7 +113,8 @@ def test_each_method_runs_end_to_end_and_never_reads_the_train_split(
   monkeypatch.setattr(loop, 'load_split', spy)
   c = _datafree_config(method, fake_teacher)
   validate(c)
-  out = loop.train_datafree(c, str(tmp_path / 'run'))
+  from kdjax.train import modes
+  out = modes.run(c, str(tmp_path / 'run'))
   assert splits == ['test']
   meta, variables = export.load(str(tmp_path / 'run' / 'model'))
   assert meta['datafree'] == method and meta['model'] == 'resnet8'
@@ -144,7 +145,7 @@ def test_synthesis_agrees_on_1_and_8_devices(fake_teacher):
   from jax.sharding import Mesh
   from kdjax.models import create_model
   from kdjax.models.generator import create_generator
-  from kdjax.train.loop import load_teacher
+  from kdjax.train.assemble import load_teacher
   import ml_collections
   c = _datafree_config('fast', fake_teacher)
   teacher, t_vars, _ = load_teacher(c, 4)
@@ -182,7 +183,7 @@ def test_chunked_inner_loop_matches_one_compiled_round(fake_teacher):
   from jax.sharding import Mesh
   from kdjax.models import create_model
   from kdjax.models.generator import create_generator
-  from kdjax.train.loop import load_teacher
+  from kdjax.train.assemble import load_teacher
   import ml_collections
   c = _datafree_config('deepinv', fake_teacher)
   teacher, t_vars, _ = load_teacher(c, 4)

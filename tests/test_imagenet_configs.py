@@ -99,7 +99,7 @@ def toy(config, root, teacher):
 @pytest.mark.parametrize('method', DISTILL)
 def test_imagenet_config_trains_at_toy_size_through_the_stream(method, tmp_path):
   from test_streaming import write_image_folder
-  from kdjax.train.loop import train
+  from kdjax.train.modes import run as train
   pytest.importorskip(
       'grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
   assert jax.device_count() == 8
@@ -119,7 +119,7 @@ def test_imagenet_config_trains_at_toy_size_through_the_stream(method, tmp_path)
 def test_tiny_imagenet_config_trains_at_toy_size(tmp_path):
   """configs/imagenet/teacher.py:tiny:... on a miniature Tiny-ImageNet folder (64x64)."""
   from test_streaming import write_tiny_imagenet
-  from kdjax.train.loop import train
+  from kdjax.train.modes import run as train
   pytest.importorskip(
       'grain', reason="the streaming pipeline needs grain (pip install 'kdjax[streaming]')")
   write_tiny_imagenet(tmp_path, train_per_class=8, val_per_class=3)

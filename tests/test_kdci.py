@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 
 import chex
 import jax
@@ -21,7 +22,8 @@ from kdjax.config import ConfigError, base_config, validate
 from kdjax.losses.kdci import DeconfoundedHead, entropy
 from kdjax.methods import Batch, InitContext, MethodVars, ModelOutput
 from kdjax.methods.kdci import dictionary_features, kdci, rebuild_dictionary, resolve
-from kdjax.train import export, loop
+from kdjax import errors
+from kdjax.train import export, guards, modes
 
 C, D_S, D_T, B, N_TRAIN = 4, 6, 9, 8, 40
 
@@ -394,7 +396,7 @@ def test_kd_with_kdci_learns_reports_both_heads_and_evaluates(fake_teacher, tmp_
   c = kdci_run_config(fake_teacher)
   validate(c)
   workdir = str(tmp_path / 'run')
-  summary = loop.train(c, workdir)
+  summary = modes.run(c, workdir)
   records = _read(workdir)
   last = records[-1]
   heads = [k for k in last if k.startswith('test/accuracy/')]
@@ -418,7 +420,7 @@ def test_kd_with_kdci_learns_reports_both_heads_and_evaluates(fake_teacher, tmp_
   ev.method.kdci.enabled = False                   # the export's metadata decides
   ev.evaluate.checkpoint = workdir
   validate(ev)
-  result = loop.evaluate_export(ev)
+  result = modes.evaluate(ev)
   assert [k for k in result if k.startswith('accuracy/')] == ['accuracy/kdci', 'accuracy/student']
   for head in ('kdci', 'student'):
     assert result[f'accuracy/{head}'] == pytest.approx(last[f'test/accuracy/{head}'], abs=1e-6)
@@ -430,7 +432,7 @@ def test_cid_with_kdci_composes(fake_teacher, tmp_path):
   c.method.kdci.num_prototypes = 6
   c.method.kdci.feature = 'logits'
   validate(c)
-  loop.train(c, str(tmp_path))
+  modes.run(c, str(tmp_path))
   last = _read(str(tmp_path))[-1]
   heads = [k for k in last if k.startswith('test/accuracy/')]
   assert heads == ['test/accuracy/kdci', 'test/accuracy/interventional', 'test/accuracy/student']
@@ -451,6 +453,7 @@ class _StopAfter:
 
     class Flag:
       calls = 0
+      signum = signal.SIGTERM
 
       def __enter__(self):
         return self
@@ -469,14 +472,14 @@ class _StopAfter:
 def test_resume_with_a_dictionary_is_bitwise(fake_teacher, tmp_path, monkeypatch):
   c = kdci_run_config(fake_teacher, epochs=3, checkpoint__every=1)
   straight = str(tmp_path / 'straight')
-  loop.train(c, straight)
+  modes.run(c, straight)
   interrupted = str(tmp_path / 'interrupted')
   with monkeypatch.context() as m:
     # 8 steps an epoch: stopped at step 12, after the epoch-1 dictionary build
-    m.setattr(loop, '_SigtermFlag', _StopAfter(11))
-    with pytest.raises(loop.Preempted, match='saved step 12'):
-      loop.train(c, interrupted)
-  loop.train(c, interrupted)
+    m.setattr(guards, 'StopFlag', _StopAfter(11))
+    with pytest.raises(errors.Preempted, match='saved step 12'):
+      modes.run(c, interrupted)
+  modes.run(c, interrupted)
   _, a = export.load(straight)
   _, b = export.load(interrupted)
   assert float(a['method']['state']['kdci']['built']) == 1.0

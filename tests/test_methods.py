@@ -23,7 +23,8 @@ from kdjax.config import _check_schema, base_config
 from kdjax.losses.cid import SampleRegressor, cid_loss, interventional_logits
 from kdjax.losses.icd import ICDHeads, icd_loss
 from kdjax.methods import Batch, InitContext, MethodVars, ModelOutput
-from kdjax.train import loop
+from kdjax.train import assemble, export, modes
+from kdjax.train.steps import DataSpec
 from kdjax.train.mesh import batch_sharded, make_mesh
 from kdjax.train.state import make_optimizer
 
@@ -76,7 +77,7 @@ def distill_config(teacher: str, config_file: str, arg: str, epochs: int, **sub)
 def test_method_trains(run, fake_teacher, tmp_path):
   config_file, arg, sub = RUNS[run]
   c = distill_config(fake_teacher, config_file, arg, epochs=2, **sub)
-  summary = loop.train(c, str(tmp_path))
+  summary = modes.run(c, str(tmp_path))
   records = read_metrics(str(tmp_path))
   losses = [r['train/loss'] for r in records]
   assert len(losses) == 2 and all(math.isfinite(l) for l in losses), losses
@@ -96,7 +97,7 @@ def test_method_trains(run, fake_teacher, tmp_path):
 def test_cid_trains_both_phases_and_export_matches(fake_teacher, tmp_path):
   c = distill_config(fake_teacher, 'cid', 'resnet56-resnet20', epochs=3, init_epochs=1)
   workdir = str(tmp_path / 'run')
-  summary = loop.train(c, workdir)
+  summary = modes.run(c, workdir)
   records = read_metrics(workdir)
   assert [r['train/cid/phase'] for r in records] == [1.0, 2.0, 2.0]
   assert records[0]['train/cid/ce'] == 0.0 and records[1]['train/cid/ce'] > 0.0
@@ -114,10 +115,10 @@ def test_cid_trains_both_phases_and_export_matches(fake_teacher, tmp_path):
   ev = copy.deepcopy(c)
   ev.mode = 'evaluate'
   ev.evaluate.checkpoint = os.path.join(workdir, 'model')
-  result = loop.evaluate_export(ev)
+  result = modes.evaluate(ev)
   for head in ('interventional', 'student'):
     assert result[f'accuracy/{head}'] == pytest.approx(last[f'test/accuracy/{head}'], abs=1e-6)
-  state = loop.export.load(os.path.join(workdir, 'model'))[1]['method']['state']
+  state = export.load(os.path.join(workdir, 'model'))[1]['method']['state']
   assert float(state['head_ready']) == 1.0 and np.abs(state['eval_dictionary']).sum() > 0
 
 
@@ -282,7 +283,10 @@ def test_cid_head_is_held_through_phase_1():
   steps_per_epoch = 3
   teacher = models.create_model('resnet8', 4)
   t_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)
-  setup = loop.build_run(config, 4, 96, (32, 32, 3), teacher, t_vars, steps_per_epoch)
+  setup = assemble.assemble(config, assemble.configured(config), num_classes=4, num_train=96,
+                            image_shape=(32, 32, 3), data=DataSpec((0.5,) * 3, (0.25,) * 3, 0, False),
+                            steps_per_epoch=steps_per_epoch,
+                            teacher=assemble.Teacher(teacher, t_vars, {}))
   params, tx = setup.state.params, setup.tx
   opt_state = tx.init(params)
   rng = np.random.default_rng(0)

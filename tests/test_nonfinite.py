@@ -16,7 +16,8 @@ import pytest
 
 from conftest import tiny_config
 from kdjax.data import load_split
-from kdjax.train import loop
+from kdjax import errors
+from kdjax.train import assemble, batches, modes
 from kdjax.train.checkpoint import Checkpoints
 from kdjax.train.mesh import make_mesh, replicate
 from kdjax.train.steps import DataSpec, build_train_step
@@ -37,23 +38,23 @@ def _poisoned(method, from_epoch: int):
 @pytest.fixture
 def poison(monkeypatch):
   def apply(from_epoch: int):
-    method_for = loop.method_for
-    monkeypatch.setattr(loop, 'method_for', lambda c: (
-        _poisoned(method_for(c)[0], from_epoch), method_for(c)[1]))
+    real = modes.labels_only  # tiny_config trains from labels
+    monkeypatch.setattr(modes, 'labels_only', lambda c: (
+        _poisoned(real(c)[0], from_epoch), real(c)[1]))
   return apply
 
 
 def _poisoned_step(epoch: int) -> int:
   """The 1-based step of ``epoch`` (0-based) whose batch holds POISON."""
-  rows = loop.epoch_indices(0, epoch, 256, 32)
+  rows = batches.epoch_indices(0, epoch, 256, 32)
   return epoch * STEPS_PER_EPOCH + int(np.argwhere(rows == POISON)[0][0]) + 1
 
 
 @pytest.mark.slow
 def test_first_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, poison):
   poison(from_epoch=1)
-  with pytest.raises(loop.NonFiniteLoss) as e:
-    loop.train(tiny_config(train__epochs=3), str(tmp_path))
+  with pytest.raises(errors.NonFiniteLoss) as e:
+    modes.run(tiny_config(train__epochs=3), str(tmp_path))
   message = str(e.value)
   assert message.startswith(f'non-finite loss at step {_poisoned_step(1)} (terms of that step: ')
   assert "'loss': nan" in message and "'ce': " in message and "'accuracy': " in message
@@ -70,8 +71,8 @@ def test_first_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path,
 @pytest.mark.slow
 def test_skipped_steps_over_the_bound_stop_the_run(tmp_path, poison):
   poison(from_epoch=0)  # one poisoned step per epoch
-  with pytest.raises(loop.NonFiniteLoss) as e:
-    loop.train(tiny_config(train__epochs=2, train__max_skipped_steps=1), str(tmp_path))
+  with pytest.raises(errors.NonFiniteLoss) as e:
+    modes.run(tiny_config(train__epochs=2, train__max_skipped_steps=1), str(tmp_path))
   assert str(e.value).startswith(f'non-finite loss or gradients at step {_poisoned_step(1)} ')
   assert '2 steps skipped, more than train.max_skipped_steps=1' in str(e.value)
 
@@ -80,7 +81,7 @@ def test_skipped_steps_over_the_bound_stop_the_run(tmp_path, poison):
 def test_skipped_steps_within_the_bound_are_counted_and_training_goes_on(tmp_path, poison,
                                                                           capfd):
   poison(from_epoch=0)
-  summary = loop.train(tiny_config(train__epochs=2, train__max_skipped_steps=2), str(tmp_path))
+  summary = modes.run(tiny_config(train__epochs=2, train__max_skipped_steps=2), str(tmp_path))
   assert summary['last_accuracy'] > 0.35, summary  # chance: 0.25
   with open(os.path.join(str(tmp_path), 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -95,9 +96,11 @@ def test_skipped_steps_within_the_bound_are_counted_and_training_goes_on(tmp_pat
 def one_step():
   """``run(skip, idx) -> (state before, state after, metrics)`` of one jitted step."""
   config = tiny_config()
-  method, mcfg = loop.method_for(config)
+  method, mcfg = assemble.labels_only(config)
   ds = load_split('fake', 'train', source='fake', fake_examples=64, fake_classes=4)
-  setup = loop.build_run(config, 4, len(ds), ds.images.shape[1:], None, {}, 2)
+  setup = assemble.assemble(config, (method, mcfg), num_classes=4, num_train=len(ds),
+                            image_shape=ds.images.shape[1:],
+                            data=DataSpec(ds.mean, ds.std, 2, True), steps_per_epoch=2)
   mesh = make_mesh()
   images, labels = replicate(ds.images, mesh), replicate(ds.labels, mesh)
   state = replicate(setup.state, mesh)

@@ -125,7 +125,7 @@ def test_training_streams_tfds_mock_imagenet2012(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets',
                              reason='the tfds source needs tensorflow-datasets')
   from kdjax.config import validate
-  from kdjax.train.loop import train
+  from kdjax.train.modes import run as train
   c = streaming_config('', data__source='tfds', data__name='imagenet2012',
                        train__batch_size=8, train__eval_batch_size=8, train__epochs=1)
   with tfds.testing.mock_data(num_examples=16):
@@ -199,7 +199,7 @@ def test_examples_depend_only_on_seed_epoch_index(tmp_path):
 @needs_grain
 def test_feed_batches_are_the_examples_sharded_over_8_devices(tmp_path):
   from kdjax.train.feed import make_feed
-  from kdjax.train.loop import epoch_indices, eval_indices
+  from kdjax.train.batches import epoch_indices, eval_indices
   root = write_image_folder(tmp_path)
   mesh = make_mesh()
   assert jax.device_count() == 8
@@ -233,7 +233,7 @@ def test_a_process_reads_only_the_rows_its_devices_hold(tmp_path, monkeypatch):
   nothing else, in the order of the batches (the join across processes is replaced by
   returning the local rows)."""
   from kdjax.train.feed import make_feed
-  from kdjax.train.loop import epoch_indices
+  from kdjax.train.batches import epoch_indices
   root = write_image_folder(tmp_path)
   train = _split(root)
   read = []
@@ -262,7 +262,8 @@ def test_training_through_the_stream_resumes_after_sigterm_onto_the_same_paramet
   """Preempted mid-epoch (SIGTERM while the feed is reading), then run again: the final
   parameters equal an uninterrupted run's bitwise, so the resumed run saw the same batches."""
   from kdjax.train import export
-  from kdjax.train.loop import Preempted, train
+  from kdjax.errors import Preempted
+  from kdjax.train.modes import run as train
   root = write_image_folder(tmp_path / 'data', train_per_class=16)
   config = streaming_config(root, train__batch_size=8, train__epochs=2, data__flip=True)
   ref = train(config, str(tmp_path / 'ref'))
@@ -293,7 +294,7 @@ def test_training_through_the_stream_resumes_after_sigterm_onto_the_same_paramet
   chex.assert_trees_all_equal(got['params'], want['params'])
   chex.assert_trees_all_equal(got['batch_stats'], want['batch_stats'])
   # mode evaluate streams the val folder too: every image once, the run's own number
-  from kdjax.train.loop import evaluate_export
+  from kdjax.train.modes import evaluate as evaluate_export
   config.mode, config.evaluate.checkpoint = 'evaluate', work
   result = evaluate_export(config)
   assert result['examples'] == 10

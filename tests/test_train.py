@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import chex
 import jax
@@ -15,7 +16,8 @@ from conftest import tiny_config
 from kdjax import methods
 from kdjax.data import load_split
 from kdjax.models import create_model
-from kdjax.train import export, loop
+from kdjax import errors
+from kdjax.train import batches, export, guards, modes
 from kdjax.train.mesh import make_mesh, replicate
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, build_train_chunk, build_train_step
@@ -70,52 +72,52 @@ def test_one_and_eight_devices_agree(steps_per_call):
 
 
 def test_epoch_indices_are_a_seeded_permutation():
-  a = loop.epoch_indices(0, 3, 100, 16)
+  a = batches.epoch_indices(0, 3, 100, 16)
   chex.assert_shape(a, (6, 16))
   assert len(set(a.ravel().tolist())) == 96
-  np.testing.assert_array_equal(a, loop.epoch_indices(0, 3, 100, 16))
-  assert not np.array_equal(a, loop.epoch_indices(0, 4, 100, 16))
-  assert not np.array_equal(a, loop.epoch_indices(1, 3, 100, 16))
+  np.testing.assert_array_equal(a, batches.epoch_indices(0, 3, 100, 16))
+  assert not np.array_equal(a, batches.epoch_indices(0, 4, 100, 16))
+  assert not np.array_equal(a, batches.epoch_indices(1, 3, 100, 16))
 
 
 def test_last_partial_batch_is_kept_and_splits_over_the_devices():
   """RepDistiller / CID keep the last partial batch (782 steps per CIFAR-100 epoch, the
   last of 16); ICD drops it; a batch must split evenly over the devices."""
-  assert loop.last_batch_size(50000, 64, False, 8) == 16
-  assert loop.last_batch_size(50000, 64, True, 8) == 0
-  assert loop.last_batch_size(100, 16, False, 8) == 0    # 4 left over, fewer than 8 devices
-  assert loop.last_batch_size(100, 16, False, 1) == 4
-  assert loop.last_batch_size(110, 16, False, 8) == 8    # 14 trimmed to 8
-  chunks = loop.epoch_chunks(0, 3, 110, 16, k=2, offset=0, last=8)
+  assert batches.last_batch_size(50000, 64, False, 8) == 16
+  assert batches.last_batch_size(50000, 64, True, 8) == 0
+  assert batches.last_batch_size(100, 16, False, 8) == 0    # 4 left over, fewer than 8 devices
+  assert batches.last_batch_size(100, 16, False, 1) == 4
+  assert batches.last_batch_size(110, 16, False, 8) == 8    # 14 trimmed to 8
+  chunks = batches.epoch_chunks(0, 3, 110, 16, k=2, offset=0, last=8)
   assert [c.shape for c in chunks] == [(2, 16)] * 3 + [(1, 8)]
   rows = np.concatenate([c.ravel() for c in chunks])
   perm = np.random.default_rng([0, 3]).permutation(110)
   np.testing.assert_array_equal(rows, perm[:104])  # one permutation, no repeats
-  resumed = loop.epoch_chunks(0, 3, 110, 16, k=2, offset=6, last=8)  # only the partial left
+  resumed = batches.epoch_chunks(0, 3, 110, 16, k=2, offset=6, last=8)  # only the partial left
   assert len(resumed) == 1 and np.array_equal(resumed[0], chunks[-1])
 
 
 def test_run_takes_the_partial_batch_step(tmp_path):
   """272 examples, batch 32: 8 full steps and one of 16 (on 8 devices) per epoch."""
-  kept = loop.train(tiny_config(data__fake_examples=272, train__epochs=1), str(tmp_path / 'a'))
-  dropped = loop.train(tiny_config(data__fake_examples=272, train__epochs=1,
+  kept = modes.run(tiny_config(data__fake_examples=272, train__epochs=1), str(tmp_path / 'a'))
+  dropped = modes.run(tiny_config(data__fake_examples=272, train__epochs=1,
                                    data__drop_last=True), str(tmp_path / 'b'))
   assert export.read_meta(kept['workdir'])['step'] == 9
   assert export.read_meta(dropped['workdir'])['step'] == 8
 
 
 def test_eval_indices_count_every_example_once():
-  idx, mask = loop.eval_indices(10, 4)
+  idx, mask = batches.eval_indices(10, 4)
   chex.assert_shape(idx, (3, 4))
   assert mask.sum() == 10
   np.testing.assert_array_equal(np.sort(idx[mask > 0]), np.arange(10))
 
 
 def test_chunk_size_divides_the_epoch():
-  assert loop.chunk_size(781, 100) == 71
-  assert loop.chunk_size(22, 100) == 22
-  assert loop.chunk_size(22, 1) == 1
-  assert loop.chunk_size(13, 5) == 1
+  assert batches.chunk_size(781, 100) == 71
+  assert batches.chunk_size(22, 100) == 22
+  assert batches.chunk_size(22, 1) == 1
+  assert batches.chunk_size(13, 5) == 1
 
 
 def _read(workdir):
@@ -125,7 +127,7 @@ def _read(workdir):
 
 def test_training_learns_and_writes_everything(tmp_path):
   workdir = str(tmp_path / 'run')
-  summary = loop.train(tiny_config(train__epochs=4), workdir)
+  summary = modes.run(tiny_config(train__epochs=4), workdir)
   # 4 balanced classes: chance is 25%
   assert summary['last_accuracy'] > 0.8, summary
   records = _read(workdir)
@@ -138,14 +140,14 @@ def test_training_learns_and_writes_everything(tmp_path):
   assert abs(meta['test_accuracy'] - summary['last_accuracy']) < 1e-9
   # the export evaluates to the same number through mode=evaluate
   cfg = tiny_config(mode='evaluate', evaluate__checkpoint=workdir)
-  result = loop.evaluate_export(cfg)
+  result = modes.evaluate(cfg)
   assert result['examples'] == len(load_split('fake', 'test', source='fake',
                                               fake_examples=256, fake_classes=4))
   assert abs(result['accuracy/student'] - summary['last_accuracy']) < 1e-6
 
 
 def test_distillation_beats_chance(fake_teacher, tmp_path):
-  summary = loop.train(tiny_config(mode='distill', teacher__checkpoint=fake_teacher,
+  summary = modes.run(tiny_config(mode='distill', teacher__checkpoint=fake_teacher,
                                    train__epochs=4), str(tmp_path))
   assert summary['last_accuracy'] > 0.6, summary
   assert export.read_meta(str(tmp_path))['teacher'] == 'resnet8'
@@ -162,6 +164,7 @@ class _StopAfter:
 
     class Flag:
       calls = 0
+      signum = signal.SIGTERM
 
       def __enter__(self):
         return self
@@ -179,13 +182,13 @@ class _StopAfter:
 def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
   cfg = tiny_config(train__epochs=3)
   straight = str(tmp_path / 'straight')
-  loop.train(cfg, straight)
+  modes.run(cfg, straight)
   interrupted = str(tmp_path / 'interrupted')
   with monkeypatch.context() as m:
-    m.setattr(loop, '_SigtermFlag', _StopAfter(11))  # raised at the 12th step: mid-epoch 2
-    with pytest.raises(loop.Preempted, match='saved step 12'):
-      loop.train(cfg, interrupted)
-  loop.train(cfg, interrupted)
+    m.setattr(guards, 'StopFlag', _StopAfter(11))  # raised at the 12th step: mid-epoch 2
+    with pytest.raises(errors.Preempted, match='saved step 12'):
+      modes.run(cfg, interrupted)
+  modes.run(cfg, interrupted)
   _, a = export.load(straight)
   _, b = export.load(interrupted)
   chex.assert_trees_all_equal(a, b)
@@ -195,9 +198,9 @@ def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
 def test_workdir_of_another_experiment_is_refused(tmp_path):
   from kdjax.train.checkpoint import CheckpointError
   workdir = str(tmp_path)
-  loop.train(tiny_config(train__epochs=1), workdir)
+  modes.run(tiny_config(train__epochs=1), workdir)
   with pytest.raises(CheckpointError, match=r'another experiment \(model'):
-    loop.train(tiny_config(train__epochs=2, model__name='resnet14'), workdir)
+    modes.run(tiny_config(train__epochs=2, model__name='resnet14'), workdir)
 
 
 @pytest.mark.parametrize('nesterov', [False, True])
@@ -226,7 +229,7 @@ def test_optimizer_is_torch_sgd_with_coupled_decay(nesterov):
 
 
 def test_bfloat16_compute_trains(tmp_path):
-  summary = loop.train(tiny_config(model__dtype='bfloat16', train__epochs=3), str(tmp_path))
+  summary = modes.run(tiny_config(model__dtype='bfloat16', train__epochs=3), str(tmp_path))
   assert summary['last_accuracy'] > 0.5, summary
   _, variables = export.load(str(tmp_path))
   assert variables['params']['conv1']['kernel'].dtype == np.float32

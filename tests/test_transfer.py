@@ -19,7 +19,7 @@ from conftest import tiny_config
 from kdjax.config import ConfigError, validate
 from kdjax.models import create_model
 from kdjax.models.probe import LinearProbe, trainable_mask
-from kdjax.train import export, loop
+from kdjax.train import export, modes
 from kdjax.train.checkpoint import CheckpointError
 from kdjax.train.state import make_optimizer
 
@@ -166,7 +166,7 @@ def test_optimizer_mask_freezes_leaves_bitwise():
 def digits_backbone(tmp_path_factory) -> str:
   """A resnet8 trained briefly on part of the digits (about 70% test accuracy)."""
   workdir = str(tmp_path_factory.mktemp('digits_backbone'))
-  loop.train(tiny_config(train__epochs=5, data__train_examples=640, optim__lr=0.1,
+  modes.run(tiny_config(train__epochs=5, data__train_examples=640, optim__lr=0.1,
                          train__eval_every=5, checkpoint__every=5, **_digits()), workdir)
   return workdir
 
@@ -176,7 +176,7 @@ def test_probe_learns_digits_on_a_frozen_backbone(digits_backbone, tmp_path):
   workdir = str(tmp_path / 'probe')
   config = _probe_config(digits_backbone, train__epochs=2, **_digits())
   validate(config)
-  summary = loop.train(config, workdir)
+  summary = modes.run(config, workdir)
   assert summary['last_accuracy'] > 0.6, summary  # 10 balanced classes: chance is 10%
   meta, variables = export.load(workdir)
   _, backbone = export.load(digits_backbone)
@@ -192,7 +192,7 @@ def test_probe_learns_digits_on_a_frozen_backbone(digits_backbone, tmp_path):
   # mode=evaluate rebuilds the probe from the export and finds the same number
   evaluate = tiny_config(mode='evaluate', evaluate__checkpoint=workdir, **_digits())
   validate(evaluate)
-  result = loop.evaluate_export(evaluate)
+  result = modes.evaluate(evaluate)
   assert result['examples'] == 359
   assert abs(result['accuracy/student'] - summary['last_accuracy']) < 1e-6
 
@@ -201,7 +201,7 @@ def test_probe_learns_digits_on_a_frozen_backbone(digits_backbone, tmp_path):
 def test_probe_of_another_backbone_is_another_experiment(digits_backbone, tmp_path):
   """Fake data with 7 classes; resuming the workdir with another backbone is refused."""
   workdir = str(tmp_path / 'probe')
-  summary = loop.train(_probe_config(digits_backbone, data__fake_classes=7, train__epochs=2),
+  summary = modes.run(_probe_config(digits_backbone, data__fake_classes=7, train__epochs=2),
                        workdir)
   assert summary['last_accuracy'] > 0.4, summary  # chance is 1/7
   meta, variables = export.load(workdir)
@@ -213,7 +213,7 @@ def test_probe_of_another_backbone_is_another_experiment(digits_backbone, tmp_pa
   other = str(tmp_path / 'same_weights_elsewhere')
   shutil.copytree(export.resolve(digits_backbone), other)
   with pytest.raises(CheckpointError, match='another experiment \\(backbone'):
-    loop.train(_probe_config(other, data__fake_classes=7, train__epochs=3), workdir)
+    modes.run(_probe_config(other, data__fake_classes=7, train__epochs=3), workdir)
 
 
 def _config_file(arg: str) -> ml_collections.ConfigDict:
@@ -250,7 +250,7 @@ def test_config_file_runs_on_stl10(digits_backbone, tmp_path):
   config.train.progress = False
   with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
     validate(config)
-    summary = loop.train(config, str(tmp_path))
+    summary = modes.run(config, str(tmp_path))
   meta = export.read_meta(str(tmp_path))
   assert (meta['dataset'], meta['num_classes'], meta['image_size']) == ('stl10', 10, 32)
   # STL-10's published statistics (methods.md §8), not the backbone's or the mock data's
@@ -326,7 +326,7 @@ def test_evaluate_prints_the_exports_own_name(tmp_path, capsys):
   teacher = _export(tmp_path / 'teacher', {'method': 'ce', 'mean': [0.5] * 3, 'std': [0.25] * 3})
   config = tiny_config(mode='evaluate', evaluate__checkpoint=teacher)
   validate(config)
-  result = loop.evaluate_export(config)
+  result = modes.evaluate(config)
   out = capsys.readouterr().out.strip().splitlines()[-1]
   assert out.startswith('kdjax: resnet8 on fake/test') and ': resnet8 ' in out, out
   assert 'student' not in out, out

@@ -27,7 +27,7 @@ from conftest import tiny_config
 from kdjax.config import ConfigError
 from kdjax.data import DataError, load_split
 from kdjax.models import create_model
-from kdjax.train import export, loop, workdir
+from kdjax.train import export, modes, workdir
 from kdjax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,7 +281,7 @@ def test_second_run_on_a_locked_workdir_is_refused(tmp_path):
   with workdir.hold(run):
     with pytest.raises(ConfigError, match=f'--workdir {run} is in use by another kdjax run '
                        f'\\(pid {os.getpid()} on '):
-      loop.train(tiny_config(), run)
+      modes.run(tiny_config(), run)
   assert not os.path.exists(os.path.join(run, 'checkpoints'))
 
 
@@ -305,7 +305,7 @@ def test_lock_of_a_dead_process_is_no_obstacle(tmp_path):
 @pytest.fixture(scope='module')
 def one_epoch(tmp_path_factory) -> str:
   run = str(tmp_path_factory.mktemp('resume') / 'run')
-  loop.train(tiny_config(train__epochs=1), run)
+  modes.run(tiny_config(train__epochs=1), run)
   return run
 
 
@@ -324,13 +324,13 @@ def test_resume_with_a_changed_config_is_refused(key, value, old, one_epoch, tmp
   name = key.replace('__', '.')
   with pytest.raises(ConfigError, match=f"config key '{name}' is {value!r} but the run in this "
                      f'workdir was started with {old!r}'):
-    loop.train(tiny_config(train__epochs=2, **{key: value}), run)
+    modes.run(tiny_config(train__epochs=2, **{key: value}), run)
   assert [r['epoch'] for r in read_metrics(run) if 'epoch' in r] == [1]
 
 
 def test_resume_may_extend_and_the_change_is_recorded(one_epoch, tmp_path, capsys):
   run = _copy(one_epoch, tmp_path)
-  loop.train(tiny_config(train__epochs=2, train__eval_every=2), run)
+  modes.run(tiny_config(train__epochs=2, train__eval_every=2), run)
   assert 'kdjax: resuming with changed train.epochs: 1 -> 2, train.eval_every: 1 -> 2' in (
       capsys.readouterr().out)
   records = read_metrics(run)

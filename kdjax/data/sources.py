@@ -41,6 +41,8 @@ import tarfile
 
 import numpy as np
 
+from kdjax.errors import DataError
+
 SPLITS = ('train', 'test')
 SOURCES = ('auto', 'builtin', 'archive', 'tfds', 'fake')
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -104,10 +106,6 @@ _CIFAR = {
         'cifar-100-python', 'cifar-100-python.tar.gz',
         {'train': ('train',), 'test': ('test',)}, 'meta', b'fine_labels', 100),
 }
-
-
-class DataError(ValueError):
-  """A data problem the user can fix; the message says what is wrong and how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -163,7 +163,7 @@ def check_options(method: Method, method_config: ml_collections.ConfigDict,
                   context: Callable[[], CheckContext]) -> None:
   """Raises ConfigError for an option of ``method`` outside its declared range, then runs
   its own ``check_config`` (``context`` is only built for methods that need it)."""
-  from kdjax.config import ConfigError
+  from kdjax.errors import ConfigError
   sub = method_config.get(method.name)
   for key, ok, accepted in method.options:
     value = sub[key]
@@ -177,7 +177,7 @@ def check_options(method: Method, method_config: ml_collections.ConfigDict,
 def feature_index(key: str, index: int, ctx: CheckContext, maps_only: bool = True) -> None:
   """ConfigError unless ``index`` picks a feature (a spatial map when ``maps_only``) that
   both the student and the teacher have."""
-  from kdjax.config import ConfigError
+  from kdjax.errors import ConfigError
   for who, feats in (('student', ctx.student_feats), ('teacher', ctx.teacher_feats)):
     if feats is None:
       continue

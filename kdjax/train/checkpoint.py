@@ -11,9 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(ValueError):
-  """A workdir whose checkpoints cannot be used by this run."""
+from kdjax.errors import CheckpointError
 
 
 def tree_digest(tree: Any) -> str:

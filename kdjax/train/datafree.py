@@ -10,7 +10,6 @@ exactly what an uninterrupted one does.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import time
@@ -22,21 +21,20 @@ import ml_collections
 import numpy as np
 
 from kdjax import datafree
-from kdjax.config import ConfigError
 from kdjax.data import load_split
 from kdjax.datafree.pool import class_histogram, entropy
 from kdjax.methods import ModelOutput
 from kdjax.methods.kdci import SUFFIX as KDCI_SUFFIX, dictionary_features, rebuild_dictionary
 from kdjax.models.generator import create_generator
 from kdjax.train import export, visual
+from kdjax.train.assemble import MethodChoice, assemble, load_teacher, own_buffers
+from kdjax.train.batches import chunk_size, due, steps_per_call
 from kdjax.train.checkpoint import Checkpoints
-from kdjax.train.feed import make_feed, resolve_feed
-from kdjax.train.loop import (Preempted, _check_finite, _epoch_line, _epoch_means, _print,
-                              _progress, _PreemptionSync, _SigtermFlag, _to_host, build_run,
-                              chunk_size, eval_indices, load_teacher, method_for)
+from kdjax.train.guards import check_finite, epoch_means, preempted, stop_flag
+from kdjax.train.loop import epoch_line, finish, progress_bar, say, test_evaluation
 from kdjax.train.mesh import is_main_process, make_mesh, replicate
-from kdjax.train.metrics import MetricWriter, plot_curves
-from kdjax.train.steps import DataSpec, build_eval, build_train_chunk, build_train_step
+from kdjax.train.metrics import MetricWriter, open_writer
+from kdjax.train.steps import DataSpec, build_train_chunk
 from kdjax.train.workdir import check_resume, config_record, locked, record_changes
 
 
@@ -96,17 +94,11 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
           'seed': config.seed, 'devices': jax.device_count()}
 
 
-def _student_config(config: ml_collections.ConfigDict, schedule: Schedule
-                    ) -> ml_collections.ConfigDict:
-  """The student's optimizer counts only the epochs it trains (after the warm-up)."""
-  cfg = copy.deepcopy(config)
-  cfg.train.epochs = schedule.student_epochs
-  return cfg
-
-
 @locked  # one run per workdir at a time
-def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) a data-free distillation in ``workdir``."""
+def train_datafree(config: ml_collections.ConfigDict, workdir: str, method: MethodChoice
+                   ) -> dict[str, Any]:
+  """Runs (or resumes) a data-free distillation with the student ``method`` in
+  ``workdir``."""
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
   d = config.datafree
@@ -116,36 +108,38 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
                        image_size=data.image_size, fake_examples=data.fake_examples,
                        fake_classes=data.fake_classes, seed=config.seed)
   num_classes = test_ds.num_classes
-  teacher, teacher_vars, teacher_meta = load_teacher(config, num_classes)
+  teacher = load_teacher(config, num_classes)
+  teacher_vars, teacher_meta = teacher.variables, teacher.meta
   # the teacher's own input normalisation: synthesis and evaluation both feed the teacher
   mean = tuple(teacher_meta.get('mean') or test_ds.mean)
   std = tuple(teacher_meta.get('std') or test_ds.std)
   image_shape = tuple(int(s) for s in test_ds.images.shape[1:])
   syn_batch = d.synthesis_batch_size or config.train.batch_size
   sched = Schedule(config, synth.fresh_pool, syn_batch)
-  method, method_cfg = method_for(config)
-
-  kdci_on = method.name.endswith(KDCI_SUFFIX)
-  # num_train = 0: KDCI keeps no per-example memory here; its dictionary comes from the pool
-  setup = build_run(_student_config(config, sched), num_classes,
-                    0 if kdci_on else sched.capacity, image_shape,
-                    teacher, teacher_vars, sched.steps_per_epoch)
-  student, schedule, tx = setup.student, setup.schedule, setup.tx
+  spec = DataSpec(mean, std, config.data.crop_padding, config.data.flip)
+  kdci_on = method[0].name.endswith(KDCI_SUFFIX)
+  # num_train = 0: KDCI keeps no per-example memory here, its dictionary comes from the
+  # pool; the student's optimizer counts only the epochs it trains (after the warm-up)
+  run = assemble(config, method, num_classes=num_classes,
+                 num_train=0 if kdci_on else sched.capacity, image_shape=image_shape,
+                 data=spec, steps_per_epoch=sched.steps_per_epoch,
+                 epochs=sched.student_epochs, teacher=teacher)
+  student, method, method_cfg = run.student, run.method, run.method_config
   generator = create_generator(d.nz, d.ngf, image_shape[0], image_shape[2])
   ctx = datafree.SynthContext(
-      teacher=teacher, student=student, generator=generator, num_classes=num_classes,
+      teacher=teacher.model, student=student, generator=generator, num_classes=num_classes,
       image_shape=image_shape, mean=mean, std=std, batch_size=syn_batch,
       rounds_per_epoch=sched.rounds_per_epoch,
       config=ml_collections.FrozenConfigDict(d), mesh=mesh)
   base_key = jax.random.PRNGKey(config.seed)
   synth_key, round_key = jax.random.split(jax.random.fold_in(base_key, 17))
-  feature_dim = _pool_feature_dim(config, teacher, teacher_vars, image_shape)
+  feature_dim = _pool_feature_dim(config, teacher.model, teacher_vars, image_shape)
   run_state = {
-      'train': setup.state,
+      'train': run.state,
       'synth': synth.init(synth_key, teacher_vars, ctx),
       'pool': datafree.init_pool(sched.capacity, image_shape, num_classes, feature_dim),
       'rounds': jnp.zeros((), jnp.int32)}
-  run_state = replicate(jax.tree.map(lambda x: jnp.array(x, copy=True), run_state), mesh)
+  run_state = replicate(own_buffers(run_state), mesh)
   teacher_vars = replicate(teacher_vars, mesh)
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
@@ -158,50 +152,31 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         run_state, fp, check=lambda m, step: check_resume(m.get('config'), config))
     resume_changes = check_resume(restored_meta.get('config'), config,
                                   int(run_state['rounds']) // sched.rounds_per_epoch)
-    _print(f'kdjax: resuming {workdir} at round {int(run_state["rounds"])}, student step '
+    say(f'kdjax: resuming {workdir} at round {int(run_state["rounds"])}, student step '
            f'{int(run_state["train"].step)}')
 
   synthesize = datafree.build_synthesize(
       synth, ctx, ctx.method_config.g_steps,
       d.steps_per_call or (1 if jax.devices()[0].platform == 'cpu' else 0))
   add_to_pool = jax.jit(lambda pool, images, t_vars: _add_to_pool(
-      pool, images, t_vars, teacher, mean, std, feature_dim), donate_argnums=(0,))
+      pool, images, t_vars, teacher.model, mean, std, feature_dim), donate_argnums=(0,))
   rebuild = jax.jit(functools.partial(_rebuild_dictionary, method_cfg=method_cfg),
                     donate_argnums=(0,)) if kdci_on else None
-  spec = DataSpec(mean, std, config.data.crop_padding, config.data.flip)
-  step_fn = build_train_step(student, teacher, method, method_cfg, tx, spec,
-                             sched.steps_per_epoch, mesh,
-                             skip_nonfinite=config.train.max_skipped_steps > 0)
-  k = chunk_size(sched.kd_steps, config.train.steps_per_call or (
-      1 if jax.devices()[0].platform == 'cpu' else 100))
-  train_chunk = build_train_chunk(step_fn, mesh, k, gather=True)
-  evaluate = build_eval(student, method, method_cfg, spec, mesh)
-  test_feed = make_feed(resolve_feed(config.data.feed, jax.process_count()), test_ds, mesh)
-  eval_idx, eval_mask = eval_indices(len(test_ds), config.train.eval_batch_size)
+  k = chunk_size(sched.kd_steps, steps_per_call(config.train.steps_per_call))
+  train_chunk = build_train_chunk(run.train_step(mesh, config.train.max_skipped_steps > 0),
+                                  mesh, k, gather=True)
+  run_eval = test_evaluation(run, mesh, test_ds, config)
 
-  def run_eval(st) -> dict[str, float]:
-    sums = _to_host(evaluate({'params': st.params, 'batch_stats': st.batch_stats,
-                              'method_state': st.method_state},
-                             test_feed.eval_batches(eval_idx, eval_mask)))
-    count = float(sums.pop('count'))
-    out = {'test/loss': float(sums.pop('loss')) / count}
-    out.update({f'test/accuracy/{key.split("/", 1)[1]}': float(v) / count
-                for key, v in sums.items()})
-    return out
-
-  writer = MetricWriter(workdir) if is_main_process() else None
-  meta_fields = {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
+  writer = open_writer(workdir, is_main_process())
+  exports = export.RunExports(workdir, {'model': config.model.name, 'num_classes': num_classes, 'method': method.name,
                  'dataset': config.data.name, 'mean': list(mean), 'std': list(std),
                  'image_size': image_shape[0], 'teacher': teacher_meta['model'],
-                 'datafree': d.method, 'method_config': method_cfg.to_dict()}
-  best_path = os.path.join(workdir, 'best')
-  best_acc = export.read_meta(best_path)['test_accuracy'] if os.path.exists(
-      os.path.join(best_path, export.META_FILE)) else -1.0
+                 'datafree': d.method, 'method_config': method_cfg.to_dict()})
   ckpt_meta = {'fingerprint': fp, 'config': config_record(config)}
-  changes_record = record_changes(resume_changes, _print)  # into the next epoch's record
+  changes_record = record_changes(resume_changes, say)  # into the next epoch's record
   skipped = 0
   start = sched.resume_round(int(run_state['rounds']), int(run_state['train'].step))
-  _print(f'kdjax: datafree {d.method}: {teacher_meta["model"]} -> {config.model.name} on '
+  say(f'kdjax: datafree {d.method}: {teacher_meta["model"]} -> {config.model.name} on '
          f'{config.data.name} (test split only, {len(test_ds)} images), {sched.epochs} epochs '
          f'x {sched.rounds_per_epoch} round(s) of {syn_batch} synthesised images + '
          f'{sched.kd_steps} student steps (batch {config.train.batch_size}), warm-up '
@@ -209,8 +184,7 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
          f'{jax.devices()[0].platform} device(s)')
   t_start = time.time()
   last_eval: dict[str, float] = {}
-  stop_flag = _SigtermFlag() if jax.process_count() == 1 else _PreemptionSync(start)
-  with stop_flag as sigterm:
+  with stop_flag(start) as sigterm:
     for epoch in range(start // sched.rounds_per_epoch, sched.epochs):
       epoch_student: list[dict[str, np.ndarray]] = []
       epoch_synth: list[dict[str, float]] = []
@@ -240,21 +214,20 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
           epoch_student.extend(chunks)
           student_seconds += time.time() - t0
           if chunks:
-            skipped = _check_finite(chunks, int(run_state['train'].step), skipped,
+            skipped = check_finite(chunks, int(run_state['train'].step), skipped,
                                     config.train.max_skipped_steps)
         if sigterm.raised:
           ckpts.save(int(run_state['train'].step) + int(run_state['rounds']), run_state,
                      ckpt_meta, wait=True)
-          raise Preempted(f'SIGTERM: saved round {int(run_state["rounds"])} in '
-                          f'{ckpts.directory}; run the same command again to resume')
+          raise preempted(sigterm, f'round {int(run_state["rounds"])}', ckpts.directory)
       record: dict[str, Any] = {'epoch': epoch + 1, 'rounds': int(run_state['rounds']),
                                 **changes_record}
       changes_record = {}
       if epoch_student:
-        record.update(_epoch_means(epoch_student))
+        record.update(epoch_means(epoch_student))
         record['train/images_per_second'] = (len(epoch_student) * k * config.train.batch_size
                                              / max(student_seconds, 1e-9))
-        record['lr'] = float(schedule(max(int(run_state['train'].step) - 1, 0)))
+        record['lr'] = float(run.schedule(max(int(run_state['train'].step) - 1, 0)))
       if epoch_synth:
         record.update({f'synth/{key}': float(np.mean([m[key] for m in epoch_synth]))
                        for key in epoch_synth[0]})
@@ -264,41 +237,23 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       record.update({'pool/size': sched.pool_count(int(run_state['rounds']) - 1),
                      'pool/class_entropy': float(entropy(jnp.asarray(hist))),
                      'pool/max_class_fraction': float(hist.max())})
-      last_epoch = epoch + 1 == sched.epochs
-      if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
+      if due(epoch + 1, config.train.eval_every, sched.epochs):
         last_eval = run_eval(run_state['train'])
         record.update(last_eval)
-        headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
-        if headline > best_acc:
-          best_acc = headline
-          _save_export(best_path, run_state['train'], {**meta_fields, 'test_accuracy': headline})
-      if writer:
-        writer.write(int(run_state['train'].step), record)
+        exports.offer_best(run_state['train'], last_eval)
+      writer.write(int(run_state['train'].step), record)
+      if isinstance(writer, MetricWriter):  # pictures from process 0 only
         prior = (np.asarray(run_state['train'].method_state['kdci']['prior'])
                  if kdci_on else None)
         _draw(workdir, writer, epoch + 1, last_images, hist, prior,
               int(run_state['train'].step), config.datafree.grid)
-      _print(_datafree_line(record, sched.epochs))
-      if (epoch + 1) % config.checkpoint.every == 0 or last_epoch:
+      say(_datafree_line(record, sched.epochs))
+      if due(epoch + 1, config.checkpoint.every, sched.epochs):
         ckpts.save(int(run_state['train'].step) + int(run_state['rounds']), run_state,
                    ckpt_meta)
-  ckpts.wait()
-  if not last_eval:
-    last_eval = run_eval(run_state['train'])
-  headline = next(v for key, v in last_eval.items() if key.startswith('test/accuracy/'))
-  _save_export(os.path.join(workdir, 'model'), run_state['train'],
-               {**meta_fields, 'test_accuracy': headline})
-  if writer:
-    writer.close()
-  ckpts.close()
-  plot = plot_curves(workdir) if is_main_process() else None
-  summary = {'workdir': workdir, 'mode': 'datafree', 'synthesizer': d.method,
-             'model': config.model.name, 'method': method.name, 'last_accuracy': headline,
-             'best_accuracy': max(best_acc, headline), **last_eval,
-             'seconds': time.time() - t_start, 'curves': plot}
-  _print(f'kdjax: done. test accuracy last {100 * headline:.2f}% best '
-         f'{100 * summary["best_accuracy"]:.2f}%; model in {workdir}/model, curves {plot}')
-  return summary
+  return finish(workdir, exports, run_state['train'], last_eval or run_eval(run_state['train']),
+                writer, ckpts, {'mode': 'datafree', 'synthesizer': d.method,
+                                'model': config.model.name, 'method': method.name}, t_start)
 
 
 def _student_vars(state) -> dict[str, Any]:
@@ -336,7 +291,7 @@ def _student_phase(run_state, sched: Schedule, rnd: int, k: int, train_chunk, te
     return run_state, []
   chunks, pending, state = [], None, run_state['train']
   pool = run_state['pool']
-  progress = _progress(config, epoch, len(idx))
+  progress = progress_bar(config, epoch, len(idx))
   for c in idx.reshape(-1, k, idx.shape[-1]):
     state, metrics = train_chunk(state, teacher_vars, pool.images, pool.labels, jnp.asarray(c))
     if pending is not None:
@@ -349,13 +304,6 @@ def _student_phase(run_state, sched: Schedule, rnd: int, k: int, train_chunk, te
   progress.update(k)
   progress.close()
   return {**run_state, 'train': state}, chunks
-
-
-def _save_export(path: str, st, meta: dict[str, Any]) -> None:
-  export.save(path, {'params': st.params['student'], 'batch_stats': st.batch_stats['student'],
-                     'method': {'params': st.params['method'],
-                                'batch_stats': st.batch_stats['method'],
-                                'state': st.method_state}}, {**meta, 'step': int(st.step)})
 
 
 def _rebuild_dictionary(method_state, pool, key, method_cfg):
@@ -383,7 +331,7 @@ def _draw(workdir: str, writer: MetricWriter, epoch: int, images, hist: np.ndarr
 
 def _datafree_line(record: dict[str, Any], epochs: int) -> str:
   if 'train/loss' in record:
-    line = _epoch_line(record, epochs)
+    line = epoch_line(record, epochs)
   else:
     line = f"kdjax: epoch {record['epoch']}/{epochs} (warm-up: synthesis only)" + ''.join(
         f", {k.split('/')[-1]} {100 * v:.2f}%" for k, v in record.items()

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kdjax.errors import ExportError
+
 META_FILE = 'kdjax_model.json'
 VARIABLES_DIR = 'variables'
 DIGEST_KEY = 'variables_digest'
@@ -31,10 +33,6 @@ STAGING_SUFFIX = '.kdjax-new'
 OLD_SUFFIX = '.kdjax-old'
 # what save() writes inside an export; a folder holding anything else is not replaced
 _OWN_ENTRIES = {META_FILE, META_FILE + '.tmp', VARIABLES_DIR}
-
-
-class ExportError(ValueError):
-  """A model export that is missing, unreadable, damaged or does not fit."""
 
 
 def resolve(path: str) -> str:
@@ -73,6 +71,8 @@ _META_FIELDS = {
     'method': (lambda v: isinstance(v, str), 'a method name'),
     'dataset': (lambda v: v is None or isinstance(v, str), 'a dataset name'),
     'method_config': (lambda v: isinstance(v, dict), 'an object'),
+    'test_accuracies': (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and _is_number(x) for k, x in v.items()), 'an object of numbers'),
     'transfer': (lambda v: v is None or (isinstance(v, dict) and _is_count(
         v.get('backbone_num_classes'))), 'an object with backbone_num_classes'),
     DIGEST_KEY: (lambda v: isinstance(v, str), 'a hex digest'),
@@ -330,3 +330,54 @@ def check_exported(path: str, model_name: str = '') -> dict[str, Any]:
                       'fix the model name or the path')
   check_variables(meta, variables)
   return meta
+
+
+def from_state(state: Any) -> dict[str, Any]:
+  """A run's train state as an export's variables: the student's own, and the method's
+  heads, statistics and state (KDCI's dictionary, CID's context) under ``method``."""
+  return {'params': state.params['student'], 'batch_stats': state.batch_stats['student'],
+          'method': {'params': state.params['method'], 'batch_stats': state.batch_stats['method'],
+                     'state': state.method_state}}
+
+
+def to_eval_variables(variables: dict[str, Any]) -> dict[str, Any]:
+  """The inverse of ``from_state`` for what evaluation reads (``steps.build_eval``); an
+  export without a method (a teacher, a converted model) has empty method entries."""
+  m = variables.get('method', {}) or {}
+  return {'params': {'student': variables['params'], 'method': m.get('params', {})},
+          'batch_stats': {'student': variables['batch_stats'], 'method': m.get('batch_stats', {})},
+          'method_state': m.get('state', {})}
+
+
+def headline(evaluation: dict[str, float]) -> float:
+  """The run's number: the first head's accuracy (``eval_heads`` puts the method's own
+  first, e.g. KDCI's adjusted head or CID's interventional one)."""
+  return next(v for k, v in evaluation.items() if k.startswith('test/accuracy/'))
+
+
+class RunExports:
+  """The exports a run writes into its workdir: ``best/`` whenever the headline accuracy
+  improves (kept across resumes) and ``model/`` at the end, with the run's metadata and
+  every head's test accuracy."""
+
+  def __init__(self, workdir: str, meta: dict[str, Any]):
+    self.workdir, self.meta = workdir, meta
+    best = os.path.join(workdir, 'best')
+    self.best_accuracy = (read_meta(best)['test_accuracy']
+                          if os.path.exists(os.path.join(best, META_FILE)) else -1.0)
+
+  def _save(self, name: str, state: Any, evaluation: dict[str, float]) -> None:
+    heads = {k.split('/', 2)[2]: v for k, v in evaluation.items()
+             if k.startswith('test/accuracy/')}
+    save(os.path.join(self.workdir, name), from_state(state),
+         {**self.meta, 'test_accuracy': headline(evaluation), 'test_accuracies': heads,
+          'step': int(state.step)})
+
+  def offer_best(self, state: Any, evaluation: dict[str, float]) -> None:
+    if headline(evaluation) > self.best_accuracy:
+      self.best_accuracy = headline(evaluation)
+      self._save('best', state, evaluation)
+
+  def final(self, state: Any, evaluation: dict[str, float]) -> None:
+    self._save('model', state, evaluation)
+    self.best_accuracy = max(self.best_accuracy, headline(evaluation))

@@ -2,7 +2,7 @@
 
 This is how CID and ICD report transferability: the distilled student's features are
 kept as they are, and only a linear classifier is trained on another dataset (STL-10,
-Tiny-ImageNet, ... at 32x32). The run is an ordinary ``loop.train`` run whose student is
+Tiny-ImageNet, ... at 32x32). The run is an ordinary supervised run (``loop.fit``) whose student is
 a :class:`kdjax.models.probe.LinearProbe`; this module holds what differs: reading the
 backbone, the probe's initial variables, its optimizer mask, its normalisation and
 what its export records so that ``evaluate`` can rebuild it.
@@ -49,10 +49,8 @@ class Backbone(NamedTuple):
   normalization: str = 'target'      # one of NORMALIZATIONS
 
 
-def load_backbone(config: ml_collections.ConfigDict) -> Backbone | None:
-  """The backbone of a transfer run, or None in any other mode."""
-  if config.mode != 'transfer':
-    return None
+def load_backbone(config: ml_collections.ConfigDict) -> Backbone:
+  """The backbone export of ``transfer.checkpoint``, checked."""
   path = export.resolve(config.transfer.checkpoint)
   meta, variables = export.load(path)
   export.check_variables(meta, variables)

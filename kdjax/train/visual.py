@@ -28,12 +28,10 @@ def save_grid(path: str, images: np.ndarray) -> str:
 
 def plot_distributions(path: str, panels: dict[str, np.ndarray], title: str) -> str:
   """Bar charts side by side, e.g. the pool's class histogram next to KDCI's prior."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # the object API: no process-wide backend switch
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.2), squeeze=False)
-  for ax, (name, p) in zip(axes[0], panels.items()):
+  fig = Figure(figsize=(5.5 * len(panels), 3.2))
+  for ax, (name, p) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
     ax.bar(np.arange(len(p)), p, width=1.0)
     ax.axhline(1.0 / max(len(p), 1), color='k', lw=0.8, ls='--', label='uniform')
     ax.set(title=name, xlabel='index', ylabel='fraction')
@@ -41,5 +39,4 @@ def plot_distributions(path: str, panels: dict[str, np.ndarray], title: str) -> 
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
-  plt.close(fig)
   return path

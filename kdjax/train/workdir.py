@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from kdjax.config import ConfigError
+from kdjax.errors import ConfigError
 
 LOCK_FILE = '.kdjax.lock'
 
