@@ -138,6 +138,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.pipeline.teacher_model = 'resnet20'
   c.pipeline.teacher_epochs = 10
   c.pipeline.baseline = True
+  # the student and the baseline learn from this many training examples (0 = as the
+  # teacher, data.train_examples): where labels are scarce a teacher's soft targets
+  # carry the most, which is what the default demo shows
+  c.pipeline.student_examples = 0
 
   # several processes (hosts) training one model: start the same command on each with its
   # own process_id; jax.distributed connects them through the coordinator
@@ -200,7 +204,8 @@ _RANGES = (
       'datafree.grid', 'optim.min_lr'), lambda v: v >= 0, '>= 0'),
     (('data.crop_padding', 'optim.weight_decay', 'method.gamma', 'method.alpha',
       'method.beta', 'train.max_skipped_steps'), lambda v: v >= 0, '>= 0'),
-    (('data.train_examples',), lambda v: v >= 0, '>= 0 (0 = the whole split)'),
+    (('data.train_examples', 'pipeline.student_examples'), lambda v: v >= 0,
+     '>= 0 (0 = the whole split)'),
     (('data.workers', 'data.prefetch'), lambda v: v >= 0, '>= 0 (0 = automatic)'),
     (('train.steps_per_call',), lambda v: v >= 0, '>= 0 (0 = automatic)'),
     (('optim.momentum',), lambda v: 0 <= v < 1, 'in [0, 1) (0 = plain SGD)'),
@@ -292,6 +297,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   except DataError as e:
     raise ConfigError(str(e)) from None
 
+  known = _known_train_size(config)
+  if known and config.mode in ('train', 'distill', 'pipeline', 'transfer') and (
+      config.train.batch_size > known[0]):
+    raise ConfigError(f"config key 'train.batch_size' = {config.train.batch_size} is larger "
+                      f'than the {known[0]} training examples of {config.data.name}; use a '
+                      'smaller batch')
   method = methods.get_method(config.method.name)
   teacher = None  # the teacher's module, for the method's checks
   if config.mode == 'pipeline':
@@ -306,6 +317,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     meta = _check_model_checkpoint('teacher.checkpoint', config.teacher.checkpoint,
                                    config.teacher.model)
     _check_teacher_data(config, meta)
+    if known and meta['num_classes'] != known[1]:
+      raise ConfigError(f"config key 'teacher.checkpoint': the teacher predicts "
+                        f"{meta['num_classes']} classes but {config.data.name} has {known[1]}; "
+                        'use a teacher trained on this dataset')
     from kdjax.train import export
     teacher = export.model_from_meta(meta)
   if config.mode in ('distill', 'pipeline', 'datafree'):
@@ -323,6 +338,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_transfer(config)
   if config.mode == 'datafree':
     _check_datafree(config, meta)   # meta: the teacher export's, checked above
+
+
+def _known_train_size(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(training examples the run uses, classes) when known without reading the data."""
+  from kdjax.data.sources import known_size
+  d = config.data
+  if d.pipeline == 'streaming':
+    return None
+  size = known_size(d.name, d.fake_examples, d.fake_classes)
+  if size is None:
+    return None
+  used = [size[0], d.train_examples or size[0]]
+  if config.mode == 'pipeline' and config.pipeline.student_examples:  # the smallest stage
+    used.append(config.pipeline.student_examples)
+  return min(used), size[1]
 
 
 def _check_datafree(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def _child(argv: list[str], env: dict[str, str], out: str, err: str, module: str
 def main() -> None:
   cases = json.load(sys.stdin)
   # everything main() imports lazily, so that the children start warm
-  for module in ('kdjax.config', 'kdjax.main', 'kdjax.convert', 'kdjax.train.loop'):
+  for module in ('kdjax.config', 'kdjax.main', 'kdjax.convert', 'kdjax.train.modes'):
     importlib.import_module(module)
   results = []
   with tempfile.TemporaryDirectory() as tmp:

@@ -97,3 +97,53 @@ def fake_teacher(tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp('teacher'))
   train(tiny_config(train__epochs=5), workdir)
   return workdir
+
+
+def stop_after(n: int):
+  """A stand-in for ``guards.StopFlag`` whose flag is raised after ``n`` checks: a
+  preemption at a chosen step (``monkeypatch.setattr(guards, 'StopFlag', stop_after(n))``)."""
+  import signal
+
+  class Flag:
+    calls = 0
+    signum = signal.SIGTERM
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    @property
+    def raised(self):
+      Flag.calls += 1
+      return Flag.calls > n
+  return Flag
+
+
+REPO = Path(__file__).resolve().parents[1]
+# a CLI training that takes long enough to be signalled after its first epoch
+LONG_CLI_RUN = ['-m', 'kdjax.main', '--config', 'configs/default.py', '--config.mode=train',
+                '--config.data.name=fake', '--config.data.source=fake',
+                '--config.data.fake_examples=256', '--config.train.epochs=30',
+                '--config.train.batch_size=32', '--config.train.progress=False',
+                '--config.model.name=resnet8']
+
+
+def signal_after_first_epoch(workdir: str, signum: int, timeout: float = 300):
+  """Starts ``LONG_CLI_RUN`` in ``workdir``, sends ``signum`` once its first epoch is
+  logged, and returns (exit code, stderr, the command, its environment)."""
+  import subprocess
+  import sys
+  import time
+  cmd = [sys.executable, *LONG_CLI_RUN, '--workdir', workdir]
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
+    time.sleep(0.5)
+  proc.send_signal(signum)
+  _, err = proc.communicate(timeout=timeout)
+  return proc.returncode, err, cmd, env

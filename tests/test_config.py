@@ -101,13 +101,32 @@ def test_teacher_whose_weights_do_not_fit(tmp_path):
     validate(tiny_config(mode='distill', teacher__checkpoint=path))
 
 
-def test_teacher_with_another_class_count(tmp_path):
-  from kdjax.train.modes import run as train
+def test_teacher_with_another_class_count_is_refused_by_validate(tmp_path):
+  path = _export(tmp_path / 't', 'resnet8', num_classes=10)
+  with pytest.raises(ConfigError, match='teacher predicts 10 classes but fake has 4'):
+    validate(tiny_config(mode='distill', teacher__checkpoint=path))
+
+
+def test_teacher_class_count_is_still_checked_where_the_data_size_is_unknown(
+    tmp_path, monkeypatch):
+  """A dataset validate cannot size (tfds, streamed) meets the same check at load time."""
+  from kdjax import config as config_module
+  from kdjax.train.modes import run
+  monkeypatch.setattr(config_module, '_known_train_size', lambda c: None)
   path = _export(tmp_path / 't', 'resnet8', num_classes=10)
   config = tiny_config(mode='distill', teacher__checkpoint=path)
   validate(config)  # shapes are consistent with its own metadata
   with pytest.raises(ConfigError, match='teacher predicts 10 classes but fake has 4'):
-    train(config, str(tmp_path / 'run'))
+    run(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('name,examples,batch', [('fake', 0, 512), ('fake', 100, 128),
+                                                  ('digits', 0, 2048), ('cifar100', 0, 50048)])
+def test_batch_larger_than_the_training_set_is_refused_by_validate(name, examples, batch):
+  config = tiny_config(data__name=name, data__source='auto' if name != 'fake' else 'fake',
+                       data__train_examples=examples, train__batch_size=batch)
+  with pytest.raises(ConfigError, match=r"'train.batch_size' = \d+ is larger than the"):
+    validate(config)
 
 
 def test_good_config_passes(tmp_path):

@@ -257,11 +257,11 @@ def test_kdci_over_a_datafree_method_rebuilds_from_the_pool(fake_teacher, tmp_pa
   """+KDCI on DAFL: the dictionary is built from the pool (prior sums to 1), both heads
   are evaluated and exported, and the prior is drawn next to the pool's histogram."""
   from kdjax.config import validate
-  from kdjax.train.datafree import train_datafree
+  from kdjax.train import modes
   c = _datafree_config('dafl', fake_teacher, method__kdci__enabled=True,
                        method__kdci__pca_dim=8, method__kdci__num_prototypes=4)
   validate(c)
-  train_datafree(c, str(tmp_path / 'run'))
+  modes.run(c, str(tmp_path / 'run'))
   meta, variables = export.load(str(tmp_path / 'run' / 'model'))
   assert meta['method'] == 'kd+kdci'
   kstate = variables['method']['state']['kdci']

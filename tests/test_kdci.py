@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 
 import chex
 import jax
@@ -15,11 +14,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import stop_after, tiny_config
 from kdjax import methods
 from kdjax.cluster import kmeans, pca_fit, pca_transform
 from kdjax.config import ConfigError, base_config, validate
-from kdjax.losses.kdci import DeconfoundedHead, entropy
+from kdjax.losses.kdci import entropy
+from kdjax.models.heads import DeconfoundedHead
 from kdjax.methods import Batch, InitContext, MethodVars, ModelOutput
 from kdjax.methods.kdci import dictionary_features, kdci, rebuild_dictionary, resolve
 from kdjax import errors
@@ -442,32 +442,6 @@ def test_cid_with_kdci_composes(fake_teacher, tmp_path):
   assert state['kdci']['prototypes'].shape == (6, 4)     # softened logits: d_f = 4 classes
 
 
-class _StopAfter:
-  """Stands in for the SIGTERM flag: 'raised' after ``n`` checks."""
-
-  def __init__(self, n):
-    self.n = n
-
-  def __call__(self):
-    outer = self
-
-    class Flag:
-      calls = 0
-      signum = signal.SIGTERM
-
-      def __enter__(self):
-        return self
-
-      def __exit__(self, *exc):
-        return False
-
-      @property
-      def raised(self):
-        Flag.calls += 1
-        return Flag.calls > outer.n
-    return Flag()
-
-
 @pytest.mark.slow
 def test_resume_with_a_dictionary_is_bitwise(fake_teacher, tmp_path, monkeypatch):
   c = kdci_run_config(fake_teacher, epochs=3, checkpoint__every=1)
@@ -476,7 +450,7 @@ def test_resume_with_a_dictionary_is_bitwise(fake_teacher, tmp_path, monkeypatch
   interrupted = str(tmp_path / 'interrupted')
   with monkeypatch.context() as m:
     # 8 steps an epoch: stopped at step 12, after the epoch-1 dictionary build
-    m.setattr(guards, 'StopFlag', _StopAfter(11))
+    m.setattr(guards, 'StopFlag', stop_after(11))
     with pytest.raises(errors.Preempted, match='saved step 12'):
       modes.run(c, interrupted)
   modes.run(c, interrupted)

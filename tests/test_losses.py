@@ -9,8 +9,8 @@ import pytest
 
 from conftest import load_fixture, nchw_to_nhwc
 from conftest import close
-from kdjax.losses import (ConvRegressor, adaptive_avg_pool, at_loss, attention_map, hint_loss,
-                          kl_div_loss, similarity_loss)
+from kdjax.losses import adaptive_avg_pool, at_loss, attention_map, hint_loss, kl_div_loss, similarity_loss
+from kdjax.models.heads import ConvRegressor
 
 
 

@@ -10,9 +10,8 @@ import pytest
 
 from conftest import load_fixture
 from conftest import close
-from kdjax.losses import (InterventionalHead, SampleRegressor, cid_loss, class_gram_loss,
-                          class_gram_terms, context_accumulate, context_finalize,
-                          init_context_accumulator, interventional_logits, normalized_mse)
+from kdjax.losses import cid_loss, class_gram_loss, class_gram_terms, context_accumulate, context_finalize, init_context_accumulator, normalized_mse
+from kdjax.models.heads import InterventionalHead, SampleRegressor, interventional_logits
 
 
 

@@ -8,9 +8,8 @@ import numpy as np
 
 from conftest import load_fixture
 from conftest import close
-from kdjax.losses import (CRDMemory, Embed, contrast_loss, crd_loss, crd_scores, init_crd_memory,
-                          negative_window, sample_negatives, sample_negatives_exact,
-                          sample_negatives_other_class)
+from kdjax.losses import CRDMemory, contrast_loss, crd_loss, crd_scores, init_crd_memory, negative_window, sample_negatives, sample_negatives_exact, sample_negatives_other_class
+from kdjax.models.heads import Embed
 
 
 

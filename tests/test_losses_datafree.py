@@ -15,7 +15,7 @@ import pytest
 
 from conftest import close, load_fixture, nchw_to_nhwc
 from kdjax.losses import datafree as df
-from kdjax.models import create_model
+from kdjax.models import create_model, heads
 from kdjax.models.capture import BNLayer, count_bn_layers, forward_with_bn, has_batchnorm
 from kdjax.models.layers import BatchNorm
 
@@ -420,7 +420,7 @@ def _head_setup(n=5, d=12, m=7, seed=0):
   local = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
   glob = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
   bank = jnp.asarray(rng.normal(size=(m, 2 * d)), jnp.float32)
-  head = df.CMIHead()
+  head = heads.CMIHead()
   params = head.init(jax.random.key(seed), local)['params']
   return head, params, local, glob, bank
 
@@ -461,18 +461,18 @@ def test_cmi_head_layout():
 def test_cmi_contrastive_loss_against_numpy(n_valid):
   head, params, local, glob, bank = _head_setup()
   valid = jnp.arange(7) < n_valid
-  loss = jax.jit(lambda *a: df.cmi_contrastive_loss(*a, temperature=0.2))(
+  loss = jax.jit(lambda *a: heads.cmi_contrastive_loss(*a, temperature=0.2))(
       params, local, glob, bank, valid)
   _assert_scalar(loss)
   close(loss, _numpy_cmi(params, local, glob, bank, valid, 0.2))
   if n_valid == 0:   # an empty bank is the same as no bank
-    close(df.cmi_contrastive_loss(params, local, glob), loss)
+    close(heads.cmi_contrastive_loss(params, local, glob), loss)
 
 
 def test_cmi_contrastive_gradients():
   head, params, local, glob, bank = _head_setup(seed=1)
   valid = jnp.arange(7) < 4
-  loss = lambda p, lo, gl: df.cmi_contrastive_loss(p, lo, gl, bank, valid, temperature=0.2)
+  loss = lambda p, lo, gl: heads.cmi_contrastive_loss(p, lo, gl, bank, valid, temperature=0.2)
   # the global projections are detached: no gradient reaches the global view
   g_glob = jax.grad(loss, argnums=2)(params, local, glob)
   np.testing.assert_array_equal(g_glob, np.zeros_like(glob))

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import load_fixture
 from conftest import close
-from kdjax.losses import ICDHeads, icd_logits, icd_loss
+from kdjax.losses import icd_logits, icd_loss
+from kdjax.models.heads import ICDHeads
 
 
 

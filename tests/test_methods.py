@@ -20,8 +20,9 @@ import pytest
 from conftest import tiny_config
 from kdjax import methods, models
 from kdjax.config import _check_schema, base_config
-from kdjax.losses.cid import SampleRegressor, cid_loss, interventional_logits
-from kdjax.losses.icd import ICDHeads, icd_loss
+from kdjax.losses.cid import cid_loss
+from kdjax.losses.icd import icd_loss
+from kdjax.models.heads import ICDHeads, SampleRegressor, interventional_logits
 from kdjax.methods import Batch, InitContext, MethodVars, ModelOutput
 from kdjax.train import assemble, export, modes
 from kdjax.train.steps import DataSpec

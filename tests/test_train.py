@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, signal_after_first_epoch, stop_after, tiny_config
 from kdjax import methods
 from kdjax.data import load_split
 from kdjax.models import create_model
@@ -153,39 +153,13 @@ def test_distillation_beats_chance(fake_teacher, tmp_path):
   assert export.read_meta(str(tmp_path))['teacher'] == 'resnet8'
 
 
-class _StopAfter:
-  """Stands in for the SIGTERM flag: 'raised' after ``n`` checks."""
-
-  def __init__(self, n):
-    self.n = n
-
-  def __call__(self):
-    outer = self
-
-    class Flag:
-      calls = 0
-      signum = signal.SIGTERM
-
-      def __enter__(self):
-        return self
-
-      def __exit__(self, *exc):
-        return False
-
-      @property
-      def raised(self):
-        Flag.calls += 1
-        return Flag.calls > outer.n
-    return Flag()
-
-
 def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
   cfg = tiny_config(train__epochs=3)
   straight = str(tmp_path / 'straight')
   modes.run(cfg, straight)
   interrupted = str(tmp_path / 'interrupted')
   with monkeypatch.context() as m:
-    m.setattr(guards, 'StopFlag', _StopAfter(11))  # raised at the 12th step: mid-epoch 2
+    m.setattr(guards, 'StopFlag', stop_after(11))  # raised at the 12th step: mid-epoch 2
     with pytest.raises(errors.Preempted, match='saved step 12'):
       modes.run(cfg, interrupted)
   modes.run(cfg, interrupted)
@@ -237,29 +211,12 @@ def test_bfloat16_compute_trains(tmp_path):
 
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
   """A real SIGTERM to the CLI: state saved, exit 143, the rerun continues from it."""
-  import signal
   import subprocess
-  import sys
-  import time
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, '-m', 'kdjax.main', '--config', 'configs/default.py',
-         '--workdir', str(tmp_path), '--config.mode=train', '--config.data.name=fake',
-         '--config.data.source=fake', '--config.data.fake_examples=256',
-         '--config.train.epochs=30', '--config.train.batch_size=32',
-         '--config.train.progress=False', '--config.model.name=resnet8']
-  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-  deadline = time.time() + 240
-  metrics = os.path.join(str(tmp_path), 'metrics.jsonl')
-  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
-    time.sleep(0.5)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=240)
-  assert proc.returncode == 143, err
+  code, err, cmd, env = signal_after_first_epoch(str(tmp_path), signal.SIGTERM, 240)
+  assert code == 143, err
   saved = int(err.split('SIGTERM: saved step ')[1].split()[0])
   assert saved >= 8  # at least the first epoch (8 steps) was done
-  resumed = subprocess.run(cmd + ['--config.train.epochs=2'], cwd=repo, env=env,
+  resumed = subprocess.run(cmd + ['--config.train.epochs=2'], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
   # epochs may change on resume: it is not part of the experiment's fingerprint
   assert resumed.returncode == 0, resumed.stderr

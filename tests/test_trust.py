@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import tiny_config
+from conftest import signal_after_first_epoch, tiny_config
 from kdjax.config import ConfigError
 from kdjax.data import DataError, load_split
 from kdjax.models import create_model
@@ -356,21 +356,8 @@ def test_check_resume_rules():
 
 @pytest.mark.slow
 def test_sigint_saves_and_exits_130(tmp_path):
-  cmd = [sys.executable, '-m', 'kdjax.main', '--config', 'configs/default.py',
-         '--workdir', str(tmp_path), '--config.mode=train', '--config.data.name=fake',
-         '--config.data.source=fake', '--config.data.fake_examples=256',
-         '--config.train.epochs=30', '--config.train.batch_size=32',
-         '--config.train.progress=False', '--config.model.name=resnet8']
-  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-  deadline = time.time() + 300
-  metrics = os.path.join(str(tmp_path), 'metrics.jsonl')
-  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
-    time.sleep(0.5)
-  proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 130, err
+  code, err, _, _ = signal_after_first_epoch(str(tmp_path), signal.SIGINT)  # what Ctrl-C sends
+  assert code == 130, err
   assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
   line = err.strip().splitlines()[-1]
   assert line.startswith('kdjax: error: SIGINT: saved step ')

@@ -133,6 +133,22 @@ class ArrayDataset:
 # Public entry points
 
 
+# (training examples, classes) of the datasets whose size is known without reading them
+_KNOWN_SIZES = {'cifar10': (50000, 10), 'cifar100': (50000, 100), 'stl10': (5000, 10)}
+
+
+def known_size(name: str, fake_examples: int = 512, fake_classes: int = 10
+               ) -> tuple[int, int] | None:
+  """(training examples, classes) of a dataset, known before loading it (config checks:
+  a batch larger than the data, a teacher of another class count), or None."""
+  if name == 'fake':
+    return fake_examples, fake_classes
+  if name == 'digits':
+    from sklearn.datasets import load_digits  # the labels only: milliseconds
+    return len(_digits_split_indices(load_digits().target)['train']), 10
+  return _KNOWN_SIZES.get(name)
+
+
 def check_source(name: str, source: str, path: str) -> None:
   """Validates a (name, source, path) choice without loading anything.
 

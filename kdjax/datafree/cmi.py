@@ -18,6 +18,7 @@ import optax
 from kdjax.data.augment import random_crop_flip, random_resized_crop
 from kdjax.datafree import base
 from kdjax.losses import datafree as dfl
+from kdjax.models import heads
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -35,8 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _head(cfg) -> dfl.CMIHead:
-  return dfl.CMIHead(features=cfg.head_dim)
+def _head(cfg) -> heads.CMIHead:
+  return heads.CMIHead(features=cfg.head_dim)
 
 
 def _feature_dim(ctx, teacher_vars) -> int:
@@ -115,7 +116,7 @@ def step(carry, teacher_vars, student_vars, rnd, ctx: base.SynthContext):
     global_feat = dfl.instance_means(t_bn)
     _, _, local_bn = base.teacher_forward(ctx, teacher_vars, local_view)
     local_feat = dfl.instance_means(local_bn)
-    cr = dfl.cmi_contrastive_loss(head_params, local_feat, global_feat, bank_feats,
+    cr = heads.cmi_contrastive_loss(head_params, local_feat, global_feat, bank_feats,
                                   bank_valid, head=_head(cfg), temperature=cfg.cr_T)
     loss = loss + cfg.cr * cr
     feats = jnp.concatenate([local_feat, global_feat], axis=-1)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from kdjax.losses.kd import cross_entropy, kl_div_loss
-from kdjax.models.layers import linear
 
 
 def normalized_mse(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -21,16 +19,6 @@ def normalized_mse(pred: jax.Array, target: jax.Array) -> jax.Array:
   pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
   num = jnp.sum(jnp.square(pred - target), axis=-1)
   return jnp.mean(num / jnp.sum(jnp.square(target), axis=-1))
-
-
-class SampleRegressor(nn.Module):
-  """``W f_s + b``: Linear(d_s -> d_t) with bias and torch init (reference ``Reg``;
-  torch ``linear.weight`` -> ``linear/kernel``). Exclude it from weight decay."""
-  features: int
-
-  @nn.compact
-  def __call__(self, f_s: jax.Array) -> jax.Array:
-    return linear(self.features, f_s.shape[-1], name='linear')(f_s)
 
 
 def _row_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -106,30 +94,6 @@ def context_finalize(acc: ContextAccumulator, old_dictionary: jax.Array | None,
   if old_dictionary is None:
     return d_new
   return cu * old_dictionary + (1 - cu) * d_new
-
-
-class InterventionalHead(nn.Module):
-  """``z_do = Linear_{2 d_s -> C}([f_s ; p @ D])`` with ``p = softmax(sg(z_s) / T)`` and no
-  gradient into ``D`` (spec §3). Torch ``fc_new.linear.*`` -> ``linear/*``."""
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, f_s: jax.Array, student_logits: jax.Array, dictionary: jax.Array,
-               temperature: float) -> jax.Array:
-    p = jax.nn.softmax(jax.lax.stop_gradient(student_logits).astype(jnp.float32) / temperature,
-                       axis=-1)
-    context = p @ jax.lax.stop_gradient(dictionary).astype(jnp.float32)
-    f_new = jnp.concatenate([f_s.astype(jnp.float32), context], axis=-1)
-    return linear(self.num_classes, f_new.shape[-1], name='linear')(f_new)
-
-
-def interventional_logits(head_params, f_s: jax.Array, student_logits: jax.Array,
-                          dictionary: jax.Array, temperature: float) -> jax.Array:
-  """Functional form of ``InterventionalHead``: ``head_params`` are its ``params``
-  collection (``{'linear': {'kernel', 'bias'}}``); C is read from them."""
-  num_classes = head_params['linear']['bias'].shape[-1]
-  return InterventionalHead(num_classes).apply({'params': head_params}, f_s, student_logits,
-                                               dictionary, temperature)
 
 
 def cid_loss(student_logits: jax.Array, teacher_logits: jax.Array, f_s: jax.Array,

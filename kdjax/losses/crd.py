@@ -9,26 +9,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models.layers import linear
 
 Z_UNSET = -1.0  # sentinel: the normalisation constants have not been fixed yet
-
-
-class Embed(nn.Module):
-  """``Linear(d -> dim)`` then division by the L2 norm WITHOUT epsilon (spec §7).
-  The torch weights ``linear.weight/bias`` map to ``linear/kernel`` (transposed) and
-  ``linear/bias``."""
-  dim: int = 128
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.reshape(x.shape[0], -1)
-    x = linear(self.dim, x.shape[-1], name='linear')(x)
-    return x / jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
 
 
 class CRDMemory(NamedTuple):

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kdjax.losses.kd import cross_entropy, kl_div_loss
 from kdjax.models.capture import BNLayer
-from kdjax.models.layers import linear
 
 Terms = dict[str, jax.Array]
 
@@ -283,20 +281,6 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-class CMIHead(nn.Module):
-  """CMI projection head (``MLPHead``): Linear(D, D) - ReLU - Linear(D, 256), then L2
-  row normalisation. ``hidden`` defaults to the input width, as in the reference."""
-  features: int = 256
-  hidden: int | None = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    d_in = x.shape[-1]
-    hidden = self.hidden or d_in
-    x = nn.relu(linear(hidden, d_in, name='head_0')(_f32(x)))
-    return l2_normalize(linear(self.features, hidden, name='head_2')(x))
-
-
 class MemoryBank(NamedTuple):
   """Fixed-capacity ring buffer of CMI features (rows ``[local, global]``). ``size``
   counts valid rows (they are always rows ``0 .. size-1``)."""
@@ -361,24 +345,3 @@ def local_global_infonce(proj_local: jax.Array, proj_global: jax.Array, batch: i
   return jnp.mean(ce[:batch]) + jnp.where(n_valid > 0, bank_term, 0.0)
 
 
-def cmi_contrastive_loss(head_params: Any, local_feat: jax.Array, global_feat: jax.Array,
-                         bank_feats: jax.Array | None = None,
-                         bank_valid: jax.Array | None = None, *,
-                         head: CMIHead = CMIHead(), temperature: float = 0.2) -> jax.Array:
-  """CMI's contrastive term between local and global views of a synthetic batch.
-
-  ``local_feat`` / ``global_feat``: (N, D) ``instance_means`` of the teacher on the two
-  views; ``bank_feats`` (M, 2D): ``bank_sample`` rows ``[local, global]`` (what the
-  synthesizer adds with ``bank_add(bank, concat([local, global], -1))``), ``bank_valid``
-  its mask. The head projects all rows (its parameters get gradients through the local
-  side only; the global projections are detached, as in the reference).
-  """
-  n, d = local_feat.shape
-  if bank_feats is None:
-    bank_feats = jnp.zeros((0, 2 * d), jnp.float32)
-    bank_valid = jnp.zeros((0,), bool)
-  rows = jnp.concatenate([_f32(local_feat), _f32(bank_feats[:, :d]),
-                          _f32(global_feat), _f32(bank_feats[:, d:])], axis=0)
-  proj = head.apply({'params': head_params}, rows)
-  proj_local, proj_global = jnp.split(proj, 2, axis=0)
-  return local_global_infonce(proj_local, proj_global, n, bank_valid, temperature)

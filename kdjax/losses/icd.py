@@ -1,39 +1,13 @@
 """ICD: invariant consistency distillation (spec §4, §7; fixture icd_loss)."""
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models.layers import linear
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-
-
-class ICDHeads(nn.Module):
-  """Student and teacher projection heads plus the learnable similarity scalars.
-
-  Returns ``(e_s, e_t, log_scale, bias)``: ``e = l2normalize(Linear_{d -> dim}(f))``
-  (eps 1e-12) for each side (the teacher head is trained), ``log_scale`` = theta
-  (init 1.0, a LOG scale: default scale e) and ``bias`` = b (init 0.0), both scalars.
-  Torch ``embed_s.weight`` -> ``embed_s/kernel`` (transposed), ``tau`` -> ``log_scale``.
-  """
-  dim: int = 128
-  init_log_scale: float = 1.0
-  init_bias: float = 0.0
-
-  @nn.compact
-  def __call__(self, f_s: jax.Array, f_t: jax.Array):
-    f_s = f_s.reshape(f_s.shape[0], -1)
-    f_t = f_t.reshape(f_t.shape[0], -1)
-    e_s = _l2_normalize(linear(self.dim, f_s.shape[-1], name='embed_s')(f_s))
-    e_t = _l2_normalize(linear(self.dim, f_t.shape[-1], name='embed_t')(f_t))
-    log_scale = self.param('log_scale', nn.initializers.constant(self.init_log_scale), (),
-                           jnp.float32)
-    bias = self.param('bias', nn.initializers.constant(self.init_bias), (), jnp.float32)
-    return e_s, e_t, log_scale, bias
 
 
 def icd_logits(e_s: jax.Array, e_t: jax.Array, log_scale: jax.Array, bias: jax.Array,

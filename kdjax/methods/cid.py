@@ -48,9 +48,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.losses.cid import (ContextAccumulator, SampleRegressor, cid_loss, context_accumulate,
-                              context_finalize, init_context_accumulator, interventional_logits,
-                              InterventionalHead)
+from kdjax.losses.cid import ContextAccumulator, cid_loss, context_accumulate, context_finalize, init_context_accumulator
+from kdjax.models.heads import InterventionalHead, SampleRegressor, interventional_logits
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 fraction, non_negative, register)
 

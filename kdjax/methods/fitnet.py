@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.losses.fitnet import ConvRegressor, hint_loss
+from kdjax.losses.fitnet import hint_loss
+from kdjax.models.heads import ConvRegressor
 from kdjax.methods.base import (Batch, CheckContext, InitContext, LossOutput, Method, MethodVars,
                                 ModelOutput, classic_objective, feature_index, non_negative,
                                 register)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.losses.icd import ICDHeads, icd_loss
+from kdjax.losses.icd import icd_loss
+from kdjax.models.heads import ICDHeads
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 classic_objective, non_negative, positive, register)
 

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.cluster import kmeans, pca_fit, pca_transform
-from kdjax.losses.kdci import ATTENTIONS, DeconfoundedHead, entropy
+from kdjax.losses.kdci import entropy
+from kdjax.models.heads import ATTENTIONS, DeconfoundedHead
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 get_method)
 

@@ -172,14 +172,16 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Summa
       cfg[group][name] = value
     return cfg
 
+  student_data = ({'data__train_examples': config.pipeline.student_examples}
+                  if config.pipeline.student_examples else {})
   stages = {'teacher': train(stage('train', model__name=config.pipeline.teacher_model,
                                     train__epochs=config.pipeline.teacher_epochs),
                              os.path.join(workdir, 'teacher'))}
-  stages['student'] = distill(stage('distill',
+  stages['student'] = distill(stage('distill', **student_data,
                                     teacher__checkpoint=os.path.join(workdir, 'teacher')),
                               os.path.join(workdir, 'student'))
   if config.pipeline.baseline:
-    stages['baseline'] = train(stage('train'), os.path.join(workdir, 'baseline'))
+    stages['baseline'] = train(stage('train', **student_data), os.path.join(workdir, 'baseline'))
   loop.say('kdjax: pipeline summary (test top-1, last epoch / best)')
   for name, s in stages.items():
     loop.say(f"  {name:9s} {s['model']:12s} {s['method']:6s} "
