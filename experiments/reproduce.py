@@ -31,7 +31,7 @@ import sys
 from typing import Any, NamedTuple
 
 from common import ROOT, load_config_module, provenance
-from kdjax import cifar_tables as P
+from kdjax import cifar_tables
 from kdjax import datafree_tables as DF
 
 CONFIGS = os.path.join(ROOT, 'configs')
@@ -63,10 +63,10 @@ CID_PAIRS = ('wrn_40_2-wrn_16_2', 'resnet56-resnet20', 'wrn_40_4-wrn_16_2',
 
 # table name: (rows, pairs, description)
 TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...], str]] = {
-    'repdistiller': ((STUDENT, KD, FITNET, AT, CRD, CRD_KD), P.PAIRS,
+    'repdistiller': ((STUDENT, KD, FITNET, AT, CRD, CRD_KD), cifar_tables.PAIRS,
                      'RepDistiller / CRD tables 1-2: baselines on the 13 CIFAR-100 pairs'),
     'cid': ((STUDENT, CID), CID_PAIRS, 'CID CIFAR-100 rows (methods.md section 3)'),
-    'icd': ((STUDENT, KD, CRD, ICD, ICD_KD), P.PAIRS,
+    'icd': ((STUDENT, KD, CRD, ICD, ICD_KD), cifar_tables.PAIRS,
             'ICD CIFAR-100 tables (methods.md section 4)'),
     'resnet56_resnet20': ((STUDENT, KD, CRD, CID, ICD, ICD_KD), ('resnet56-resnet20',),
                           'resnet56 -> resnet20: the column shared by the CRD, CID and ICD '

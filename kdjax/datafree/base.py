@@ -12,7 +12,7 @@ Nothing here knows which method it runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,8 +23,8 @@ from jax.sharding import Mesh
 
 from kdjax.models.capture import forward_with_bn
 from kdjax.train.mesh import batch_sharded
+from kdjax.types import PyTree
 
-PyTree = Any
 Metrics = dict[str, jax.Array]
 
 

@@ -1,4 +1,4 @@
-"""Attention transfer (spec §2, §7; RepDistiller ``Attention``)."""
+"""Attention transfer (methods.md §2, §7; RepDistiller ``Attention``)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -58,7 +58,7 @@ def at_pair_loss(f_s: jax.Array, f_t: jax.Array, p: float = 2) -> jax.Array:
 
 def at_loss(feats_s: Sequence[jax.Array], feats_t: Sequence[jax.Array],
             p: float = 2) -> list[jax.Array]:
-  """Per-pair AT losses over matched feature lists (spec §2 uses feats[1:-1]);
+  """Per-pair AT losses over matched feature lists (methods.md §2 uses feats[1:-1]);
   the objective is their sum, taken at the call site."""
   if len(feats_s) != len(feats_t):
     raise ValueError(f'{len(feats_s)} student vs {len(feats_t)} teacher maps')

@@ -1,4 +1,4 @@
-"""CID: comprehensive, interventional distillation (spec §3, §7; fixtures cid_*).
+"""CID: comprehensive, interventional distillation (methods.md §3, §7; fixtures cid_*).
 
 Everything is static-shape: the class loss masks a (B, B) same-class matrix instead of
 grouping the batch, and the context dictionary is a per-class segment sum finalised
@@ -48,7 +48,7 @@ def class_gram_terms(f_s: jax.Array, f_t: jax.Array, labels: jax.Array,
 
 def class_gram_loss(f_s: jax.Array, f_t: jax.Array, labels: jax.Array,
                     num_classes: int) -> jax.Array:
-  """CID class-representation loss (spec §3): the mean of ``class_gram_terms`` over
+  """CID class-representation loss (methods.md §3): the mean of ``class_gram_terms`` over
   the classes with at least two examples in the batch, exactly 0 (with zero gradient)
   when none qualifies. Uses the RAW student feature, so ``d_s != d_t`` is fine."""
   per_class, qualifies = class_gram_terms(f_s, f_t, labels, num_classes)
@@ -71,7 +71,7 @@ def init_context_accumulator(num_classes: int, dim: int) -> ContextAccumulator:
 def context_accumulate(acc: ContextAccumulator, f_s: jax.Array, teacher_logits: jax.Array,
                        labels: jax.Array, temperature: float) -> ContextAccumulator:
   """Adds a batch: ``w_i = softmax(z_t,i / T)[y_i]`` and ``w_i f_s,i`` segment-summed by
-  label, all detached (spec §3: detached raw student feature)."""
+  label, all detached (methods.md §3: detached raw student feature)."""
   f_s = jax.lax.stop_gradient(f_s).astype(jnp.float32)
   p_t = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature,
                        axis=-1)
@@ -87,7 +87,7 @@ def context_finalize(acc: ContextAccumulator, old_dictionary: jax.Array | None,
   """Dictionary for the next epoch: ``cu * D_old + (1 - cu) * D_new`` with
   ``D_new[k] = sum w f / sum w`` (the reference's running weighted mean, order-free)
   and ``D_new[k] = 0`` for classes never seen this epoch (as the reference leaves
-  them). ``old_dictionary=None`` means no mixing (the first build, spec §3)."""
+  them). ``old_dictionary=None`` means no mixing (the first build, methods.md §3)."""
   seen = acc.weight > 0
   d_new = jnp.where(seen[:, None], acc.weighted_sum / jnp.where(seen, acc.weight, 1.0)[:, None],
                     0.0)
@@ -101,7 +101,7 @@ def cid_loss(student_logits: jax.Array, teacher_logits: jax.Array, f_s: jax.Arra
              interventional_logits: jax.Array | None, temperature: float,
              num_classes: int, a: float = 1.0, b: float = 1.0,
              c: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CID objective (spec §3). ``reg_out`` is ``SampleRegressor(f_s)``; ``f_s`` the raw
+  """CID objective (methods.md §3). ``reg_out`` is ``SampleRegressor(f_s)``; ``f_s`` the raw
   student feature. Phase 1 (``interventional_logits is None``, epochs < init_epochs):
   ``a KL_T + b L_sample + c L_class`` with no CE at all. Phase 2:
   ``a (CE(z_do, y) + KL_T(z_s || z_t)) + b L_sample + c L_class``; KL on the plain

@@ -1,5 +1,5 @@
 """Contrastive representation distillation with the memory bank as explicit state
-(spec §2 CRD, §7; RepDistiller ``CRDLoss`` / ``ContrastMemory`` / ``ContrastLoss``).
+(methods.md §2 CRD, §7; RepDistiller ``CRDLoss`` / ``ContrastMemory`` / ``ContrastLoss``).
 
 The memory is a pytree threaded through the train step: ``crd_loss`` returns the
 updated memory instead of mutating a buffer, so the whole step stays jittable.
@@ -96,7 +96,7 @@ def crd_loss(v_s: jax.Array, v_t: jax.Array, idx: jax.Array, contrast_idx: jax.A
   ``v_s``, ``v_t`` are the ``Embed`` outputs (B, dim); ``idx`` (B,) the examples'
   dataset indices; ``contrast_idx`` (B, K+1) with column 0 == ``idx`` (see
   ``sample_negatives``). Returns ``(s_loss + t_loss, new_memory)``; the memory is
-  updated AFTER scoring and ``Z`` is fixed by the first call (spec §7).
+  updated AFTER scoring and ``Z`` is fixed by the first call (methods.md §7).
   """
   n_data = memory.memory_s.shape[0]
   out_s, out_t, z_s, z_t = crd_scores(v_s, v_t, contrast_idx, memory, temperature)

@@ -1,4 +1,4 @@
-"""Data-free distillation losses (spec §5, §7; Fast-Datafree ``criterions.py``, ``hooks.py``
+"""Data-free distillation losses (methods.md §5, §7; Fast-Datafree ``criterions.py``, ``hooks.py``
 and the synthesizers' objectives).
 
 Pure functions of arrays, computed in float32, each pinned by an ``fd_*`` fixture
@@ -111,7 +111,7 @@ def bn_layer_losses(bn_layers: Sequence[BNLayer], mmt: BNMomentum | None = None,
 
 def bn_stats_loss(bn_layers: Sequence[BNLayer], mmt: BNMomentum | None = None,
                   mmt_rate: float = 0.0) -> jax.Array:
-  """``L_BN``: the sum over layers of ``bn_layer_losses`` (spec §5, fixture
+  """``L_BN``: the sum over layers of ``bn_layer_losses`` (methods.md §5, fixture
   fd_deepinversion_hook). Gradients flow into every captured input."""
   return jnp.sum(bn_layer_losses(bn_layers, mmt, mmt_rate))
 

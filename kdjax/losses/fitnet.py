@@ -1,4 +1,4 @@
-"""FitNet hint regressor and loss (spec §2, RepDistiller ``ConvReg`` / ``HintLoss``)."""
+"""FitNet hint regressor and loss (methods.md §2, RepDistiller ``ConvReg`` / ``HintLoss``)."""
 from __future__ import annotations
 
 

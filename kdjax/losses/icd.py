@@ -1,4 +1,4 @@
-"""ICD: invariant consistency distillation (spec §4, §7; fixture icd_loss)."""
+"""ICD: invariant consistency distillation (methods.md §4, §7; fixture icd_loss)."""
 from __future__ import annotations
 
 import jax
@@ -21,7 +21,7 @@ def icd_logits(e_s: jax.Array, e_t: jax.Array, log_scale: jax.Array, bias: jax.A
 def icd_loss(e_s: jax.Array, e_t: jax.Array, log_scale: jax.Array, bias: jax.Array, *,
              max_scale: float = 10.0,
              alpha_inv: float = 0.5) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """``L_con + alpha_inv * L_inv`` (spec §4).
+  """``L_con + alpha_inv * L_inv`` (methods.md §4).
 
   ``L_con = CE(S, arange(B))`` over rows; ``L_inv = KL(P2 || P1)`` batchmean with
   ``P1 = log_softmax(S, axis=1)`` and ``P2 = softmax(S, axis=0)^T``, the target NOT

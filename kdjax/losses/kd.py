@@ -1,4 +1,4 @@
-"""Logit-level losses: Hinton KD and cross-entropy (spec §2, §7)."""
+"""Logit-level losses: Hinton KD and cross-entropy (methods.md §2, §7)."""
 from __future__ import annotations
 
 import jax
@@ -9,7 +9,7 @@ import optax
 def kl_div_loss(student_logits: jax.Array, teacher_logits: jax.Array,
                 temperature: float) -> jax.Array:
   """``KL_T(z_s || z_t)``: KL(softmax(z_t/T) || softmax(z_s/T)) summed over classes,
-  divided by the batch size ('batchmean') and multiplied by ``T^2`` (spec §7,
+  divided by the batch size ('batchmean') and multiplied by ``T^2`` (methods.md §7,
   RepDistiller ``DistillKL``; CID's ``KL`` is the same).
 
   Differentiable in both arguments; freezing the teacher is the caller's business.

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.losses.kd import cross_entropy, kl_div_loss
+from kdjax.types import PyTree
 
-PyTree = Any
 
 
 class ModelOutput(NamedTuple):

@@ -42,18 +42,18 @@ logits instead of ``z_do``, and evaluation then reports the plain head only.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.losses.cid import ContextAccumulator, cid_loss, context_accumulate, context_finalize, init_context_accumulator
-from kdjax.models.heads import InterventionalHead, SampleRegressor, interventional_logits
+from kdjax.losses.cid import (ContextAccumulator, cid_loss, context_accumulate, context_finalize,
+                              init_context_accumulator)
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 fraction, non_negative, register)
+from kdjax.models.heads import InterventionalHead, SampleRegressor, interventional_logits
+from kdjax.types import PyTree
 
-PyTree = Any
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -24,10 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax.losses.crd import CRDMemory, crd_loss, init_crd_memory, negative_window, sample_negatives, sample_negatives_exact, sample_negatives_other_class
-from kdjax.models.heads import Embed
+from kdjax.losses.crd import (CRDMemory, crd_loss, init_crd_memory, negative_window,
+                              sample_negatives, sample_negatives_exact,
+                              sample_negatives_other_class)
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 classic_objective, fraction, positive, register)
+from kdjax.models.heads import Embed
 
 SAMPLINGS = ('other_class', 'uniform')
 MEMORY_KEYS = CRDMemory._fields

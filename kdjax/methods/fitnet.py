@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.losses.fitnet import hint_loss
-from kdjax.models.heads import ConvRegressor
 from kdjax.methods.base import (Batch, CheckContext, InitContext, LossOutput, Method, MethodVars,
                                 ModelOutput, classic_objective, feature_index, non_negative,
                                 register)
+from kdjax.models.heads import ConvRegressor
 
 
 def default_config() -> ml_collections.ConfigDict:

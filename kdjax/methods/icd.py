@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.losses.icd import icd_loss
-from kdjax.models.heads import ICDHeads
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 classic_objective, non_negative, positive, register)
+from kdjax.models.heads import ICDHeads
 
 
 def default_config() -> ml_collections.ConfigDict:

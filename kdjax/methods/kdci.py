@@ -41,7 +41,6 @@ dictionary.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +48,11 @@ import ml_collections
 
 from kdjax.cluster import kmeans, pca_fit, pca_transform
 from kdjax.losses.kdci import entropy
-from kdjax.models.heads import ATTENTIONS, DeconfoundedHead
 from kdjax.methods.base import (Batch, InitContext, LossOutput, Method, MethodVars, ModelOutput,
                                 get_method)
+from kdjax.models.heads import ATTENTIONS, DeconfoundedHead
+from kdjax.types import PyTree
 
-PyTree = Any
 SUFFIX = '+kdci'
 FEATURES = ('penultimate', 'logits')
 # fold_in constants separating KDCI's random streams from the base method's

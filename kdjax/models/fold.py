@@ -24,8 +24,8 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from kdjax.models.layers import BatchNorm
+from kdjax.types import PyTree
 
-PyTree = Any
 _TAG = 'kdjax_fold:'
 
 

@@ -1,12 +1,12 @@
 """The small learnable heads the methods train beside the student (flax modules), and the
 functions that apply them; the losses they feed (``kdjax.losses``) take arrays only.
 
-  SampleRegressor, InterventionalHead   CID (spec §3)
-  Embed                                 CRD's student / teacher embeddings (spec §2)
-  ConvRegressor                         FitNet's hint regressor (spec §2)
-  ICDHeads                              ICD's projections and similarity scalars (spec §4)
-  DeconfoundedHead                      KDCI's backdoor-adjusted head (spec §6)
-  CMIHead                               CMI's projection head (spec §5)
+  SampleRegressor, InterventionalHead   CID (methods.md §3)
+  Embed                                 CRD's student / teacher embeddings (methods.md §2)
+  ConvRegressor                         FitNet's hint regressor (methods.md §2)
+  ICDHeads                              ICD's projections and similarity scalars (methods.md §4)
+  DeconfoundedHead                      KDCI's backdoor-adjusted head (methods.md §6)
+  CMIHead                               CMI's projection head (methods.md §5)
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class SampleRegressor(nn.Module):
 
 class InterventionalHead(nn.Module):
   """``z_do = Linear_{2 d_s -> C}([f_s ; p @ D])`` with ``p = softmax(sg(z_s) / T)`` and no
-  gradient into ``D`` (spec §3). Torch ``fc_new.linear.*`` -> ``linear/*``."""
+  gradient into ``D`` (methods.md §3). Torch ``fc_new.linear.*`` -> ``linear/*``."""
   num_classes: int
 
   @nn.compact
@@ -56,7 +56,7 @@ def interventional_logits(head_params, f_s: jax.Array, student_logits: jax.Array
 
 
 class Embed(nn.Module):
-  """``Linear(d -> dim)`` then division by the L2 norm WITHOUT epsilon (spec §7).
+  """``Linear(d -> dim)`` then division by the L2 norm WITHOUT epsilon (methods.md §7).
   The torch weights ``linear.weight/bias`` map to ``linear/kernel`` (transposed) and
   ``linear/bias``."""
   dim: int = 128
@@ -88,7 +88,7 @@ class ConvRegressor(nn.Module):
   ``(kh, kw, I, O)`` for convs, ``(kh, kw, O, I)`` for the transposed conv, i.e. the
   torch ``(I, O, kh, kw)`` weight transposed by ``(2, 3, 1, 0)`` in both cases),
   ``conv/bias``, ``bn/scale``, ``bn/bias``, ``batch_stats/bn/{mean,var}``.
-  During distillation call it with ``train=True`` (batch statistics, spec §7).
+  During distillation call it with ``train=True`` (batch statistics, methods.md §7).
   """
   s_shape: Sequence[int]  # student map, NHWC
   t_shape: Sequence[int]  # teacher map, NHWC

@@ -19,8 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax.types import PyTree
 
-PyTree = Any
+
 BACKBONE = 'backbone'
 HEAD = 'head'
 

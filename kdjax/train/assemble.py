@@ -25,8 +25,8 @@ from kdjax.models import create_model
 from kdjax.train import export, transfer
 from kdjax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from kdjax.train.steps import DataSpec, Metrics, build_eval, build_train_step, forward
+from kdjax.types import PyTree
 
-PyTree = Any
 MethodChoice = tuple[Method, ml_collections.FrozenConfigDict]
 
 

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from kdjax.data import ArrayDataset
 from kdjax.train.mesh import DATA_AXIS, batch_sharded, replicate
 
-Batch = tuple[jax.Array, jax.Array, jax.Array]
+DeviceBatch = tuple[jax.Array, jax.Array, jax.Array]
 
 
 def resolve_feed(feed: str, process_count: int) -> str:
@@ -62,12 +62,12 @@ class DeviceFeed:
     self.images = replicate(ds.images, mesh)
     self.labels = replicate(ds.labels, mesh)
 
-  def chunk_inputs(self, idx: np.ndarray) -> Batch:
+  def chunk_inputs(self, idx: np.ndarray) -> DeviceBatch:
     """``(images, labels, idx)`` for ``build_train_chunk(..., gather=True)``."""
     return self.images, self.labels, jax.device_put(idx, NamedSharding(self.mesh,
                                                                       P(None, DATA_AXIS)))
 
-  def eval_batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[Batch]:
+  def eval_batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[DeviceBatch]:
     for i, m in zip(idx, mask):
       i, m = jax.device_put((i, m), batch_sharded(self.mesh))
       yield self.images[i], self.labels[i], m
@@ -90,7 +90,7 @@ class HostFeed:
   def _global(self, local: np.ndarray, shape: tuple[int, ...], spec: P) -> jax.Array:
     return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), local, shape)
 
-  def chunk_inputs(self, idx: np.ndarray) -> Batch:
+  def chunk_inputs(self, idx: np.ndarray) -> DeviceBatch:
     """``(images[K, B], labels[K, B], idx[K, B])`` for ``build_train_chunk(..., gather=False)``."""
     mine = idx[:, self._rows(idx.shape[1])]
     spec = P(None, DATA_AXIS)
@@ -98,7 +98,7 @@ class HostFeed:
             self._global(self.labels[mine], idx.shape, spec),
             self._global(mine, idx.shape, spec))
 
-  def eval_batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[Batch]:
+  def eval_batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[DeviceBatch]:
     rows = self._rows(idx.shape[1])
     spec = P(DATA_AXIS)
     for i, m in zip(idx, mask):
@@ -119,7 +119,7 @@ def make_feed(kind: str, ds: ArrayDataset, mesh: Mesh, workers: int = 0, prefetc
   return {'device': DeviceFeed, 'host': HostFeed}[kind](ds, mesh)
 
 
-def epoch_inputs(feed, epoch: int, chunks: np.ndarray) -> Iterator[Batch]:
+def epoch_inputs(feed, epoch: int, chunks: np.ndarray) -> Iterator[DeviceBatch]:
   """The chunk inputs of one epoch's (C, K, B) indices, in order; a feed that reads ahead
   (streaming) is given the whole epoch at once."""
   if hasattr(feed, 'epoch_inputs'):

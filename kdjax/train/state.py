@@ -1,7 +1,7 @@
 """The training state and the optimizer built from the config."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-PyTree = Any
+from kdjax.types import PyTree
+
 
 
 @flax.struct.dataclass

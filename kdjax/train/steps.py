@@ -9,7 +9,7 @@ the hosts (host feed, see ``kdjax.train.feed``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -22,8 +22,8 @@ from kdjax.data import augment, normalize
 from kdjax.methods import Batch, Method, MethodVars, ModelOutput
 from kdjax.train.mesh import batch_sharded, replicated
 from kdjax.train.state import TrainState, step_key
+from kdjax.types import PyTree
 
-PyTree = Any
 Metrics = dict[str, jax.Array]
 
 

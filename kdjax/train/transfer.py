@@ -27,8 +27,8 @@ from kdjax.cifar_tables import LOW_LR_MODELS
 from kdjax.data import ArrayDataset
 from kdjax.models import probe
 from kdjax.train import export
+from kdjax.types import PyTree
 
-PyTree = Any
 
 
 # The target statistics transfer_student.py normalises with; other targets use their
