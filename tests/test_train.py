@@ -153,6 +153,32 @@ def test_distillation_beats_chance(fake_teacher, tmp_path):
   assert export.read_meta(str(tmp_path))['teacher'] == 'resnet8'
 
 
+def test_exports_record_every_head_and_curves_plot_test_accuracy(fake_teacher, tmp_path):
+  """KD+KDCI evaluates two heads: both in the export's metadata, both in the curves."""
+  from kdjax.train import metrics
+  c = tiny_config(mode='distill', teacher__checkpoint=fake_teacher, train__epochs=1,
+                  method__kdci__enabled=True, method__kdci__num_prototypes=4)
+  summary = modes.run(c, str(tmp_path))
+  meta = export.read_meta(str(tmp_path))
+  assert set(meta['test_accuracies']) == {'kdci', 'student'}
+  assert meta['test_accuracies']['kdci'] == meta['test_accuracy'] == summary['last_accuracy']
+  assert meta['test_accuracies']['student'] == summary['test/accuracy/student']
+  _, rows = metrics._by_epoch(str(tmp_path))
+  assert metrics._accuracy_keys(rows) == ['test/accuracy/kdci', 'test/accuracy/student',
+                                          'train/accuracy']
+
+
+def test_pipeline_gives_the_student_its_examples_and_reports_the_gain(tmp_path, capsys):
+  c = tiny_config(mode='pipeline', train__epochs=1, pipeline__teacher_model='resnet8',
+                  pipeline__teacher_epochs=1, pipeline__student_examples=64)
+  stages = modes.run(c, str(tmp_path))
+  out = capsys.readouterr().out
+  assert '(256 train / 256 test' in out and out.count('(64 train / 256 test') == 2
+  gain = stages['student']['last_accuracy'] - stages['baseline']['last_accuracy']
+  assert f'distillation vs labels alone: {100 * gain:+.2f} points' in out
+  assert os.path.getsize(os.path.join(str(tmp_path), 'pipeline.png')) > 1000
+
+
 def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
   cfg = tiny_config(train__epochs=3)
   straight = str(tmp_path / 'straight')

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kdjax.data.streaming import StreamingSplit
-from kdjax.train.feed import Batch, process_rows
+from kdjax.train.feed import DeviceBatch, process_rows
 from kdjax.train.mesh import DATA_AXIS
 
 
@@ -67,9 +67,9 @@ class StreamingFeed:
                                 prefetch_buffer_size=self.prefetch or max(2 * group, 64))
     return iter(grain.MapDataset.range(len(flat)).map(load).to_iter_dataset(options).batch(group))
 
-  def _ahead(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+  def _ahead(self, batches: Iterator[DeviceBatch]) -> Iterator[DeviceBatch]:
     """Keeps ``device_prefetch`` batches in flight to the devices."""
-    queue: collections.deque[Batch] = collections.deque()
+    queue: collections.deque[DeviceBatch] = collections.deque()
     for b in batches:
       queue.append(b)
       if len(queue) > self.device_prefetch:
@@ -77,7 +77,7 @@ class StreamingFeed:
     while queue:
       yield queue.popleft()
 
-  def epoch_inputs(self, epoch: int, chunks: Sequence[np.ndarray]) -> Iterator[Batch]:
+  def epoch_inputs(self, epoch: int, chunks: Sequence[np.ndarray]) -> Iterator[DeviceBatch]:
     """``(images[K, B], labels[K, B], idx[K, B])`` per (K, B) chunk of ``chunks``, in order;
     runs of equally shaped chunks are read ahead together (the epoch's last partial batch
     is a chunk of its own shape)."""
@@ -85,12 +85,12 @@ class StreamingFeed:
     return itertools.chain.from_iterable(self._group_inputs(epoch, np.stack(list(g)))
                                          for _, g in groups)
 
-  def _group_inputs(self, epoch: int, chunks: np.ndarray) -> Iterator[Batch]:
+  def _group_inputs(self, epoch: int, chunks: np.ndarray) -> Iterator[DeviceBatch]:
     _, k, b = chunks.shape
     mine = chunks[:, :, self._rows(b)]
     spec = P(None, DATA_AXIS)
 
-    def build() -> Iterator[Batch]:
+    def build() -> Iterator[DeviceBatch]:
       examples = self._examples(mine.reshape(-1), epoch, None, mine.shape[1] * mine.shape[2])
       try:
         for local_idx, (images, labels) in zip(mine, examples):
@@ -103,17 +103,17 @@ class StreamingFeed:
 
     return self._ahead(build())
 
-  def chunk_inputs(self, idx: np.ndarray, epoch: int = 0) -> Batch:
+  def chunk_inputs(self, idx: np.ndarray, epoch: int = 0) -> DeviceBatch:
     """One chunk (K, B) on its own (benchmarks, tests); the loop uses ``epoch_inputs``."""
     return next(iter(self.epoch_inputs(epoch, idx[None])))
 
-  def eval_batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[Batch]:
+  def eval_batches(self, idx: np.ndarray, mask: np.ndarray) -> Iterator[DeviceBatch]:
     rows = self._rows(idx.shape[1])
     mine, valid = idx[:, rows], mask[:, rows]
     spec = P(DATA_AXIS)
     b = idx.shape[1]
 
-    def build() -> Iterator[Batch]:
+    def build() -> Iterator[DeviceBatch]:
       examples = self._examples(mine.reshape(-1), 0, valid.reshape(-1) > 0, mine.shape[1])
       try:
         for m, (images, labels) in zip(valid, examples):
