@@ -56,6 +56,7 @@ RUNS = {
     'kd': ('kd', 'resnet32x4-resnet8x4', {}),
     'fitnet': ('fitnet', 'resnet32x4-resnet8x4', {}),
     'at': ('at', 'resnet32x4-resnet8x4', {}),
+    'sp': ('sp', 'resnet32x4-resnet8x4', {}),
     'crd': ('crd', 'resnet56-resnet20', {'negatives': 64}),
     'crd+kd': ('crd', 'resnet56-resnet20+kd', {'negatives': 64}),
     'icd': ('icd', 'resnet32x4-resnet8x4', {}),
@@ -398,6 +399,26 @@ def test_at_uses_the_intermediate_pairs_only():
   t2 = ModelOutput(t.logits, [t.feats[0], mid[0] * -1.5 + 1, mid[1], t.feats[-1]])
   out2 = at.loss(MethodVars({}, {}, {}), s, t2, batch_of([0, 1, 2, 3] * 2), None, jnp.int32(0), cfg)
   assert float(out2.metrics['at/pair0']) > 0 and float(out2.metrics['at/pair1']) == 0.0
+
+
+def test_sp_matches_the_last_feature_maps_only():
+  """SP's term is the fixture-checked ``similarity_loss`` on feats[-2]; the other maps
+  and the pooled vector do not enter it."""
+  from kdjax.losses import similarity_loss
+  cfg = method_config('sp', dict(gamma=1.0, alpha=0.0, beta=3000.0))
+  sp = methods.get_method('sp')
+  rng = np.random.default_rng(5)
+  f = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  s = ModelOutput(f(8, 4), [f(8, 8, 8, 2), f(8, 4, 4, 5), f(8, 6)])
+  t = ModelOutput(f(8, 4), [f(8, 8, 8, 3), f(8, 4, 4, 7), f(8, 9)])
+  out = sp.loss(MethodVars({}, {}, {}), s, t, batch_of([0, 1, 2, 3] * 2), None, jnp.int32(0), cfg)
+  expected = similarity_loss(s.feats[-2], t.feats[-2])
+  np.testing.assert_allclose(out.metrics['sp'], expected, rtol=1e-6)
+  np.testing.assert_allclose(out.loss, out.metrics['ce'] + 3000.0 * expected, rtol=1e-6)
+  t_other = ModelOutput(t.logits, [t.feats[0] * 3, t.feats[1], t.feats[2] * -2])
+  out2 = sp.loss(MethodVars({}, {}, {}), s, t_other, batch_of([0, 1, 2, 3] * 2), None,
+                 jnp.int32(0), cfg)
+  assert float(out2.metrics['sp']) == float(out.metrics['sp'])
 
 
 def test_icd_negatives_are_the_global_batch():
