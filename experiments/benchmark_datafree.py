@@ -35,7 +35,7 @@ from kdjax import datafree
 from kdjax.data.sources import known_normalization
 from kdjax.models import create_model
 from kdjax.models.generator import create_generator
-from kdjax.train.assemble import Teacher, assemble, configured
+from kdjax.train.assemble import Teacher, assemble, configured, own_buffers
 from kdjax.train.datafree import _rebuild_dictionary
 from kdjax.train.mesh import make_mesh, replicate
 from kdjax.train.steps import DataSpec, build_train_chunk
@@ -147,7 +147,7 @@ def student_rows(method: str, teacher_name: str, student_name: str, args, mesh) 
     labels = jnp.zeros((args.pool,), jnp.int32)
     idx = [jax.random.randint(jax.random.PRNGKey(10 + i), (1, args.batch), 0, args.pool)
            for i in range(args.warmup + args.steps + 1)]
-    method_state = jax.tree.map(lambda a: jnp.array(a, copy=True), setup.state.method_state)
+    method_state = own_buffers(setup.state.method_state)  # the rebuild donates it
     state, t_vars = replicate(setup.state, mesh), replicate(t_vars, mesh)
     prepared['kdci' if kdci else 'student'] = prepare(
         chunk, (state, t_vars, images, labels, idx[0]),

@@ -71,7 +71,7 @@ class Run(NamedTuple):
   data: DataSpec
   schedule: optax.Schedule
   tx: optax.GradientTransformation
-  state: TrainState          # the initial state, not yet on the mesh
+  state: TrainState          # the initial state (a buffer per leaf), not yet on the mesh
   steps_per_epoch: int
 
   def train_step(self, mesh: Mesh, skip_nonfinite: bool = False) -> Callable[..., Any]:
@@ -123,10 +123,10 @@ def assemble(config: ml_collections.ConfigDict, method: MethodChoice, *, num_cla
       'student': jax.tree.map(lambda _: True, params['student']),
       'method': method_.decay_mask(mvars.params)}, trainable=transfer.trainable(params, backbone),
       delayed=delayed)
-  state = TrainState(
+  state = own_buffers(TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats={'student': student_vars.get('batch_stats', {}), 'method': mvars.batch_stats},
-      opt_state=tx.init(params), method_state=mvars.state, rng=state_key)
+      opt_state=tx.init(params), method_state=mvars.state, rng=state_key))
   return Run(student, teacher_model, method_, method_cfg, data, schedule, tx, state,
              steps_per_epoch)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from kdjax.errors import NonFiniteLoss
 from kdjax.train import export
-from kdjax.train.assemble import Run, accuracies, own_buffers
+from kdjax.train.assemble import Run, accuracies
 from kdjax.train.batches import (chunk_size, due, epoch_chunks, eval_indices, last_batch_size,
                                  steps_per_call)
 from kdjax.train.checkpoint import Checkpoints
@@ -97,7 +97,7 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, *, train_ds, 
   full_steps = len(train_ds) // batch
   last = last_batch_size(len(train_ds), batch, config.data.drop_last, jax.device_count())
   steps_per_epoch = run.steps_per_epoch
-  state = replicate(own_buffers(run.state), mesh)
+  state = replicate(run.state, mesh)
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep)
   skipped = 0  # steps skipped for a non-finite loss, over the whole run
