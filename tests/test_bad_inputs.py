@@ -109,7 +109,7 @@ def _damaged_exports(root) -> None:
 def _resumable_workdir(path, config_record: dict, step: int) -> None:
   """A workdir whose checkpoint (of a FAKE run; only its meta is read) was written with
   ``config_record`` (the keys that differ from the FAKE command line)."""
-  ckpts = Checkpoints(str(path), 2)
+  ckpts = Checkpoints(str(path), 2, print)
   ckpts.save(step, {'x': np.zeros(3, np.float32)},
              {'fingerprint': FAKE_FINGERPRINT, 'config': config_record}, wait=True)
   ckpts.close()
@@ -153,7 +153,7 @@ def assets(tmp_path_factory) -> dict[str, str]:
   _export(root / 'teacher4', 'resnet8', 4)
   _export(root / 'teacher10', 'resnet8', 10)
   # a workdir holding a checkpoint of another experiment (only its meta is read)
-  ckpts = Checkpoints(str(root / 'used'), 2)
+  ckpts = Checkpoints(str(root / 'used'), 2, print)
   fingerprint = {**FAKE_FINGERPRINT, 'model': 'resnet20'}
   ckpts.save(8, {'x': np.zeros(3, np.float32)}, {'fingerprint': fingerprint}, wait=True)
   ckpts.close()

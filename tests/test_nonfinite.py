@@ -59,7 +59,7 @@ def test_first_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path,
   assert message.startswith(f'non-finite loss at step {_poisoned_step(1)} (terms of that step: ')
   assert "'loss': nan" in message and "'ce': " in message and "'accuracy': " in message
   assert 'the last good checkpoint is kept' in message
-  ckpts = Checkpoints(str(tmp_path), 2)
+  ckpts = Checkpoints(str(tmp_path), 2, print)
   assert ckpts.manager.all_steps() == [STEPS_PER_EPOCH]
   import orbax.checkpoint as ocp
   saved = ckpts.manager.restore(STEPS_PER_EPOCH, args=ocp.args.Composite(

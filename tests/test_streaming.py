@@ -286,7 +286,7 @@ def test_training_through_the_stream_resumes_after_sigterm_onto_the_same_paramet
   finally:
     streaming.FileSource.__getitem__ = original
   from kdjax.train.checkpoint import Checkpoints
-  saved = Checkpoints(work, 2).latest_step()
+  saved = Checkpoints(work, 2, print).latest_step()
   assert 0 < saved < 8  # 32 images / batch 8 = 4 steps per epoch: stopped inside the run
   train(config, work)
   _, want = export.load(str(tmp_path / 'ref' / 'model'))

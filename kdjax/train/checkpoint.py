@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from typing import Any, Callable
 
 import jax
@@ -47,7 +46,8 @@ class Checkpoints:
   of the state, so that damage orbax reads without complaint is caught at restore.
   """
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, warn: Callable[[str], None]):
+    self.warn = warn  # how a skipped, damaged checkpoint is reported (the loop's console)
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -106,16 +106,15 @@ class Checkpoints:
       for b in bad:
         self.manager.delete(b)
       if bad:
-        print(f'kdjax: warning: resuming from step {step} instead; unreadable checkpoint '
-              f'step(s) {bad} deleted', file=sys.stderr, flush=True)
+        self.warn(f'resuming from step {step} instead; unreadable checkpoint step(s) {bad} '
+                  'deleted')
       return state, meta
     raise CheckpointError(
         f'no checkpoint in {self.directory} is readable (steps {steps}); delete that '
         'directory to start the run over, or use a new --workdir')
 
   def _warn(self, step: int, reason: str) -> None:
-    print(f'kdjax: warning: checkpoint step {step} in {self.directory} is unreadable '
-          f'({reason})', file=sys.stderr, flush=True)
+    self.warn(f'checkpoint step {step} in {self.directory} is unreadable ({reason})')
 
   def _check_fingerprint(self, meta: dict[str, Any], fingerprint: dict[str, Any]) -> None:
     theirs = meta.get('fingerprint', {})

@@ -31,7 +31,7 @@ from kdjax.train.assemble import MethodChoice, assemble, load_teacher, own_buffe
 from kdjax.train.batches import chunk_size, due, steps_per_call
 from kdjax.train.checkpoint import Checkpoints
 from kdjax.train.guards import check_finite, epoch_means, preempted, stop_flag
-from kdjax.train.loop import epoch_line, finish, progress_bar, say, test_evaluation
+from kdjax.train.loop import epoch_line, finish, progress_bar, say, test_evaluation, warn
 from kdjax.train.mesh import is_main_process, make_mesh, replicate
 from kdjax.train.metrics import MetricWriter, open_writer
 from kdjax.train.steps import DataSpec, build_train_chunk
@@ -142,7 +142,7 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str, method: Meth
   run_state = replicate(own_buffers(run_state), mesh)
   teacher_vars = replicate(teacher_vars, mesh)
 
-  ckpts = Checkpoints(workdir, config.checkpoint.keep)
+  ckpts = Checkpoints(workdir, config.checkpoint.keep, warn)
   fp = fingerprint(config)
   resume_changes = {}
   if ckpts.latest_step() is not None:

@@ -38,6 +38,12 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def warn(msg: str) -> None:
+  """A warning line on stderr, from process 0 only."""
+  if is_main_process():
+    print(f'kdjax: warning: {msg}', file=sys.stderr, flush=True)
+
+
 def progress_bar(config: ml_collections.ConfigDict, epoch: int, total: int):
   from tqdm.auto import tqdm
   return tqdm(total=total, desc=f'epoch {epoch + 1}/{config.train.epochs}', unit='step',
@@ -99,7 +105,7 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, *, train_ds, 
   steps_per_epoch = run.steps_per_epoch
   state = replicate(run.state, mesh)
 
-  ckpts = Checkpoints(workdir, config.checkpoint.keep)
+  ckpts = Checkpoints(workdir, config.checkpoint.keep, warn)
   skipped = 0  # steps skipped for a non-finite loss, over the whole run
   resume_changes = {}
   if ckpts.latest_step() is not None:
