@@ -153,7 +153,7 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str, method: Meth
     resume_changes = check_resume(restored_meta.get('config'), config,
                                   int(run_state['rounds']) // sched.rounds_per_epoch)
     say(f'kdjax: resuming {workdir} at round {int(run_state["rounds"])}, student step '
-           f'{int(run_state["train"].step)}')
+        f'{int(run_state["train"].step)}')
 
   synthesize = datafree.build_synthesize(
       synth, ctx, ctx.method_config.g_steps,
@@ -177,11 +177,11 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str, method: Meth
   skipped = 0
   start = sched.resume_round(int(run_state['rounds']), int(run_state['train'].step))
   say(f'kdjax: datafree {d.method}: {teacher_meta["model"]} -> {config.model.name} on '
-         f'{config.data.name} (test split only, {len(test_ds)} images), {sched.epochs} epochs '
-         f'x {sched.rounds_per_epoch} round(s) of {syn_batch} synthesised images + '
-         f'{sched.kd_steps} student steps (batch {config.train.batch_size}), warm-up '
-         f'{d.warmup} epoch(s), pool {sched.capacity}, {jax.device_count()} '
-         f'{jax.devices()[0].platform} device(s)')
+      f'{config.data.name} (test split only, {len(test_ds)} images), {sched.epochs} epochs '
+      f'x {sched.rounds_per_epoch} round(s) of {syn_batch} synthesised images + '
+      f'{sched.kd_steps} student steps (batch {config.train.batch_size}), warm-up '
+      f'{d.warmup} epoch(s), pool {sched.capacity}, {jax.device_count()} '
+      f'{jax.devices()[0].platform} device(s)')
   t_start = time.time()
   last_eval: dict[str, float] = {}
   with stop_flag(start) as sigterm:
