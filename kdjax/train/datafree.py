@@ -134,12 +134,13 @@ def train_datafree(config: ml_collections.ConfigDict, workdir: str, method: Meth
   base_key = jax.random.PRNGKey(config.seed)
   synth_key, round_key = jax.random.split(jax.random.fold_in(base_key, 17))
   feature_dim = _pool_feature_dim(config, teacher.model, teacher_vars, image_shape)
-  run_state = {
+  run_state = {  # run.state already has a buffer per leaf; the synthesizer's may not
       'train': run.state,
-      'synth': synth.init(synth_key, teacher_vars, ctx),
-      'pool': datafree.init_pool(sched.capacity, image_shape, num_classes, feature_dim),
-      'rounds': jnp.zeros((), jnp.int32)}
-  run_state = replicate(own_buffers(run_state), mesh)
+      **own_buffers({
+          'synth': synth.init(synth_key, teacher_vars, ctx),
+          'pool': datafree.init_pool(sched.capacity, image_shape, num_classes, feature_dim),
+          'rounds': jnp.zeros((), jnp.int32)})}
+  run_state = replicate(run_state, mesh)
   teacher_vars = replicate(teacher_vars, mesh)
 
   ckpts = Checkpoints(workdir, config.checkpoint.keep, warn)
