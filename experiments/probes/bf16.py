@@ -2,12 +2,7 @@
 import time
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
-def bench(f,*a,n=5):
-  f=jax.jit(f); r=f(*a); jax.block_until_ready(r)
-  ts=[]
-  for _ in range(n):
-    t=time.perf_counter(); jax.block_until_ready(f(*a)); ts.append(time.perf_counter()-t)
-  return np.median(ts)*1e3
+from timing import bench
 NHWC=('NHWC','HWIO','NHWC')
 B=64
 for H,ci in [(32,64),(8,256)]:

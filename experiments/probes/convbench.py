@@ -3,12 +3,7 @@ import time, sys, os
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 NHWC=('NHWC','HWIO','NHWC')
-def bench(f,*a,n=5):
-  f=jax.jit(f); r=f(*a); jax.block_until_ready(r)
-  ts=[]
-  for _ in range(n):
-    t=time.perf_counter(); jax.block_until_ready(f(*a)); ts.append(time.perf_counter()-t)
-  return np.median(ts)*1e3
+from timing import bench
 B=int(os.environ.get('B',64))
 shapes=[(32,32,64,64),(16,16,128,128),(8,8,256,256)]
 k=jax.random.PRNGKey(0)

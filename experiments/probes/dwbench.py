@@ -2,12 +2,7 @@
 import time, os
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
-def bench(f,*a,n=5):
-  f=jax.jit(f); r=f(*a); jax.block_until_ready(r)
-  ts=[]
-  for _ in range(n):
-    t=time.perf_counter(); jax.block_until_ready(f(*a)); ts.append(time.perf_counter()-t)
-  return np.median(ts)*1e3
+from timing import bench
 B=64;H=W=32;ci=co=64
 k=jax.random.PRNGKey(0)
 x=jax.random.normal(k,(B,H,W,ci)); g=jax.random.normal(k,(B,H,W,co))
