@@ -5,10 +5,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import load_fixture
 from conftest import close
 from kdjax.losses import CRDMemory, contrast_loss, crd_loss, crd_scores, init_crd_memory, negative_window, sample_negatives, sample_negatives_exact, sample_negatives_other_class
+from kdjax.losses import crd as crd_module
 from kdjax.models.heads import Embed
 
 
@@ -27,7 +29,10 @@ def _linear(d, name):
   return {'linear': {'kernel': d[f'{name}/linear.weight'].T, 'bias': d[f'{name}/linear.bias']}}
 
 
-def test_crd_full_two_steps():
+@pytest.mark.parametrize('scoring', ['row_gather', 'whole_bank'])
+def test_crd_full_two_steps(scoring, monkeypatch):
+  # both ways of scoring the bank (losses.crd.bank_dots) must reproduce the reference
+  monkeypatch.setattr(crd_module, 'FULL_BANK_RATIO', 0 if scoring == 'row_gather' else 10**9)
   d, meta = load_fixture('crd_full')
   s = meta['settings']
   embed = Embed(s['feat_dim'])
@@ -142,3 +147,20 @@ def test_sample_negatives_exact_distinct_other_class_and_uniform():
     # inclusion probability of each other-class example: k / |others| (+-5 sigma)
     p = k / len(others)
     np.testing.assert_allclose(freq, p, atol=5 * np.sqrt(p * (1 - p) / 4000) + 1e-9)
+
+
+def test_bank_dots_whole_bank_matches_row_gather_with_gradients(monkeypatch):
+  """The whole-bank matmul and the row gather are the same function of the embeddings."""
+  from kdjax.losses.crd import bank_dots
+  k_bank, k_v, k_idx = jax.random.split(jax.random.PRNGKey(3), 3)
+  bank = jax.random.normal(k_bank, (300, 16))
+  v = jax.random.normal(k_v, (8, 16))
+  cidx = jax.random.randint(k_idx, (8, 101), 0, 300)
+  results = {}
+  for ratio in (0, 10**9):
+    monkeypatch.setattr(crd_module, 'FULL_BANK_RATIO', ratio)
+    weights = jnp.linspace(-1.0, 1.0, 8 * 101).reshape(8, 101)
+    f = lambda v: jnp.sum(jnp.exp(bank_dots(bank, v, cidx) / 4.0) * weights)
+    results[ratio] = jax.value_and_grad(f)(v)
+  gathered, whole = results[0], results[10**9]
+  chex.assert_trees_all_close(whole, gathered, rtol=1e-5, atol=1e-6)
