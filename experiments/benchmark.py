@@ -43,11 +43,13 @@ from kdjax.models import create_model
 from kdjax.models import layers
 from kdjax.models.fold import fold_batchnorm
 from kdjax.train.assemble import Teacher, assemble, configured, labels_only
+from kdjax.train.batches import steps_per_call
 from kdjax.train.mesh import DATA_AXIS, make_mesh, replicate
 from kdjax.train.state import TrainState
 from kdjax.train.steps import DataSpec, build_train_chunk, forward
 
 INPUTS = 'random uint8 images / int labels on device (benchmark input, not a dataset)'
+PIPELINED_MIN_CALLS = 5  # calls of the projection's pipelined run
 # kdjax variants of the KD step, each timed on its own row (see experiments/README.md)
 VARIANTS = {
     'xla': 'as trained (XLA convolutions, teacher variables as loaded)',
@@ -77,6 +79,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--out', default='', help='default results/benchmark_<platform>.json')
   p.add_argument('--reference', default='none', choices=('none', 'torch'),
                  help='time the same steps in PyTorch, interleaved call by call (torch extra)')
+  p.add_argument('--steps_per_call', type=int, default=0,
+                 help='train steps per jitted call (lax.scan); 0: what training uses on this '
+                      'platform (1 on the CPU, 100 on accelerators)')
+  p.add_argument('--epochs', type=int, default=240,
+                 help='epochs of the projected run (the CIFAR-100 KD protocol)')
+  p.add_argument('--num_test', type=int, default=10000, help='test images evaluated per epoch')
+  p.add_argument('--eval_batch', type=int, default=256, help='train.eval_batch_size')
   p.add_argument('--variants', default='xla',
                  help=f"comma list of kdjax variants of the KD row: {', '.join(VARIANTS)}")
   return p.parse_args(argv)
@@ -107,9 +116,9 @@ def method_config(name: str, teacher: str, student: str, dtype: str) -> ml_colle
 
 def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
                num_train: int, mesh, image_size: int = 32, train_labels: Any = None,
-               variant: str = 'xla') -> tuple[Callable, TrainState, Any]:
-  """The jitted one-step chunk, its initial state and the teacher variables
-  (``train_labels``: the (num_train,) labels, for CRD's other-class sampler)."""
+               variant: str = 'xla', steps_per_call: int = 1) -> tuple[Callable, TrainState, Any]:
+  """The jitted chunk of ``steps_per_call`` steps, its initial state and the teacher
+  variables (``train_labels``: the (num_train,) labels, for CRD's other-class sampler)."""
   choice = labels_only(config) if config.mode == 'train' else configured(config)
   dtype = jnp.dtype(config.model.dtype)
   steps_per_epoch = max(num_train // batch, 1)
@@ -129,7 +138,8 @@ def build_case(config: ml_collections.ConfigDict, batch: int, num_classes: int,
                  steps_per_epoch=steps_per_epoch, teacher=teacher, train_labels=train_labels)
   step, state = run.train_step(mesh), run.state
   teacher_vars = teacher.variables if teacher else {}
-  return build_train_chunk(step, mesh, 1), replicate(state, mesh), replicate(teacher_vars, mesh)
+  return (build_train_chunk(step, mesh, steps_per_call), replicate(state, mesh),
+          replicate(teacher_vars, mesh))
 
 
 def _flops(compiled) -> float:
@@ -191,14 +201,31 @@ def prepare(jitted, args: tuple, next_args: Callable) -> tuple[dict[str, float],
   holder = {'args': args, 'out': jax.block_until_ready(compiled(*args)), 'i': 0}
   first_s = time.perf_counter() - t
 
-  def call():
+  def issue():
     holder['args'] = next_args(holder['args'], holder['out'], holder['i'])
-    holder['out'] = jax.block_until_ready(compiled(*holder['args']))
+    holder['out'] = compiled(*holder['args'])
     holder['i'] += 1
+    return holder['out']
+
+  def pipelined(calls: int) -> float:
+    """Wall seconds of ``calls`` train calls issued as ``kdjax.train.loop.fit`` issues
+    them: each call is dispatched before the previous call's metrics are read, and
+    nothing else waits for the device."""
+    t = time.perf_counter()
+    pending = None
+    for _ in range(calls):
+      out = issue()
+      if pending is not None:
+        jax.device_get(pending)
+      pending = out[1]
+    jax.block_until_ready(holder['out'])
+    return time.perf_counter() - t
 
   mem = compiled.memory_analysis()
+  timed = Timed(lambda: jax.block_until_ready(issue()))
+  timed.pipelined = pipelined
   return ({'compile_s': compile_s, 'first_call_s': first_s, 'flops_per_step': _flops(compiled),
-           'xla_temp_bytes': int(getattr(mem, 'temp_size_in_bytes', 0) or 0)}, Timed(call))
+           'xla_temp_bytes': int(getattr(mem, 'temp_size_in_bytes', 0) or 0)}, timed)
 
 
 def finish(info: dict[str, float], timed: Timed) -> dict[str, float]:
@@ -220,14 +247,16 @@ def peak_flops(dtype, n: int, reps: int = 5) -> float:
   return 2 * k * n ** 3 / statistics.median(times)
 
 
-def prepare_train(config, batch, args, mesh, images, labels, variant: str = 'xla'
-                  ) -> tuple[dict[str, float], Timed]:
+def prepare_train(config, batch, args, mesh, images, labels, variant: str = 'xla',
+                  k: int = 1) -> tuple[dict[str, float], Timed]:
+  """The train chunk of ``k`` steps (its ``Timed`` times whole calls)."""
   chunk, state, teacher_vars = build_case(config, batch, args.num_classes, args.num_train, mesh,
                                           args.image_size, np.asarray(jax.device_get(labels)),
-                                          variant)
+                                          variant, k)
   idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
-  idx = [jax.device_put(jax.random.randint(jax.random.PRNGKey(i), (1, batch), 0, args.num_train),
-                        idx_sharding) for i in range(args.warmup + args.steps + 1)]
+  calls = args.warmup + args.steps + max(args.steps, PIPELINED_MIN_CALLS) + 1
+  idx = [jax.device_put(jax.random.randint(jax.random.PRNGKey(i), (k, batch), 0, args.num_train),
+                        idx_sharding) for i in range(calls)]
   next_args = lambda a, out, i: (out[0], a[1], a[2], a[3], idx[(i + 1) % len(idx)])
   return prepare(chunk, (state, teacher_vars, images, labels, idx[0]), next_args)
 
@@ -241,6 +270,13 @@ def _model_inputs(name, batch, args, mesh, images):
   x = jax.device_put(normalize(images[:batch], mean, std),
                      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
   return model, variables, x
+
+
+def eval_batch_seconds(args: argparse.Namespace, mesh, images) -> float:
+  """Median time of the student's eval-mode forward on one ``--eval_batch`` batch."""
+  _, timed = prepare_forward(args.student, args.eval_batch, args, mesh, images)
+  interleave([timed], args.warmup, args.steps)
+  return timed.stats()['step_s']
 
 
 def prepare_forward(name, batch, args, mesh, images) -> tuple[dict[str, float], Timed]:
@@ -311,6 +347,36 @@ def _reference_info(ref) -> dict[str, Any] | None:
                     'no_grad, same loss and SGD, augmentation inside the step)'}
 
 
+def per_step(row: dict[str, Any], k: int) -> dict[str, Any]:
+  """A row timed per call of ``k`` steps, restated per step."""
+  for key in ('step_s', 'step_s_min', 'cpu_s'):
+    row[key] /= k
+  row['flops_per_step'] /= k
+  row['steps_per_call'] = k
+  return row
+
+
+def projection(timed: Timed, row: dict[str, Any], k: int, eval_batch_s: float,
+               args: argparse.Namespace) -> dict[str, Any]:
+  """How busy the device is when calls are issued as training issues them, and the
+  projected wall time of a whole run of ``args.epochs`` epochs at this row's speed.
+
+  ``busy_fraction`` = (calls x the blocked call's median time) / the pipelined wall time,
+  at most 1: the blocked time is the device's work plus one dispatch, so 1 means the
+  device never waited for the host between calls, and less means it did."""
+  calls = max(args.steps, PIPELINED_MIN_CALLS)
+  wall = timed.pipelined(calls)
+  step_s = wall / (calls * k)
+  steps_per_epoch = -(-args.num_train // row['batch'])
+  eval_batches = -(-args.num_test // args.eval_batch)
+  epoch_s = steps_per_epoch * step_s + eval_batches * eval_batch_s
+  return {'method': row['method'], 'steps_per_call': k, 'calls': calls, 'wall_s': wall,
+          'step_s': step_s, 'busy_fraction': min(1.0, calls * k * row['step_s'] / wall),
+          'epochs': args.epochs, 'steps_per_epoch': steps_per_epoch,
+          'eval_batch': args.eval_batch, 'eval_batches': eval_batches,
+          'eval_batch_s': eval_batch_s, 'epoch_s': epoch_s, 'run_s': args.epochs * epoch_s}
+
+
 def _derive(row: dict[str, Any], peak: float) -> dict[str, Any]:
   row['images_per_s'] = row['batch'] / row['step_s']
   row['tflops_per_s'] = row['flops_per_step'] / row['step_s'] / 1e12
@@ -340,6 +406,8 @@ def markdown(result: dict[str, Any]) -> str:
            + (f" 1-min load average {load['start']:.1f} at the start, {load['end']:.1f} at the "
               'end (a shared machine: other processes ran during the timing).' if load else ''),
            f"Times: median of {result['steps']} calls after {result['warmup']} warm-up calls"
+           + (f" of {result['steps_per_call']} steps each (lax.scan), stated per step"
+              if result.get('steps_per_call', 1) > 1 else '')
            + ('; kdjax and PyTorch called alternately, one call each per round, so both see '
               "the same load. 'kdjax/PyTorch' = PyTorch's time / kdjax's (> 1: kdjax faster), "
               "from wall time and from process CPU time (CPU: user + system seconds of all "
@@ -363,6 +431,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append('')
     used = sorted({r.get('variant', 'xla') for r in result['methods']})
     lines += [f"Variants: " + '; '.join(f"`{v}`: {result['variants'][v]}" for v in used), '']
+  p = result.get('projection')
+  if p:
+    lines += [f"## A whole run: {p['epochs']} epochs of KD ({result['teacher']} -> "
+              f"{result['student']}, batch {result['batch']})", '',
+              f"{p['calls']} calls of {p['steps_per_call']} step(s) issued as training issues "
+              "them (each dispatched before the previous call's metrics are read). Busy = "
+              "calls x the blocked call's median time / this wall time (at most 1: 1 means the "
+              "device never waited for the host). Projected = epochs x (steps x pipelined step "
+              "time + test batches x the student's eval forward).", '',
+              '| steps/call | pipelined step ms | busy % | steps/epoch | eval batch | eval ms/batch '
+              '| epoch s | projected run h |', '|' + '---|' * 8,
+              f"| {p['steps_per_call']} | {1e3 * p['step_s']:.1f} | {100 * p['busy_fraction']:.0f} | "
+              f"{p['steps_per_epoch']} | {p['eval_batch']} x {p['eval_batches']} | "
+              f"{1e3 * p['eval_batch_s']:.1f} | {p['epoch_s']:.0f} | {p['run_s'] / 3600:.1f} |", '']
   if result['models']:
     lines += ['## Models alone (forward = eval mode; forward+backward = train-mode CE '
               'gradients, no update; train = the CE train step)', '',
@@ -407,20 +489,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raise SystemExit(f"benchmark: unknown variant(s) {', '.join(unknown)}; accepted: "
                      f"{', '.join(VARIANTS)}")
   ref, ref_data = torch_steps(args.reference, args)
+  k = steps_per_call(args.steps_per_call)
   load_before = os.getloadavg()
-  rows = []
+  rows, projected = [], None
   for name in names:
     config = method_config(name, args.teacher, args.student, args.dtype)
     for variant in (args.variants.split(',') if name == 'kd' else ['xla']):
       layers.set_conv_impl('matmul_grad' if variant == 'matmul_grad' else None)
-      info, timed = prepare_train(config, args.batch, args, mesh, images, labels, variant)
+      info, timed = prepare_train(config, args.batch, args, mesh, images, labels, variant, k)
       layers.set_conv_impl(None)  # traced and compiled: later rows get the default again
       reference = torch_train(ref, ref_data, name, config, args.batch, args)
       interleave([timed] + ([reference] if reference else []), args.warmup, args.steps)
-      row = _derive({'method': name, 'variant': variant, 'batch': args.batch,
-                     **finish(info, timed)}, pk)
+      row = _derive(per_step({'method': name, 'variant': variant, 'batch': args.batch,
+                              **finish(info, timed)}, k), pk)
       _add_reference(row, reference)
       rows.append(row)
+      if name == 'kd' and variant == 'xla':
+        projected = projection(timed, row, k, eval_batch_seconds(args, mesh, images), args)
+        _say(f"projection: {projected['busy_fraction']:.0%} busy, {args.epochs} epochs in "
+             f"{projected['run_s'] / 3600:.1f} h")
       _say(f"{name} [{variant}]: {1e3 * row['step_s']:.1f} ms/step, compile "
            f"{row['compile_s']:.1f} s" + (f", PyTorch {1e3 * row['torch']['step_s']:.1f} ms"
                                            if reference else ''))
@@ -438,11 +525,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            lambda: ref.build_forward(name, args.num_classes, b)),
           ('forward_backward', lambda: prepare_forward_backward(name, b, args, mesh, images, labels),
            lambda: ref.build_forward_backward(name, args.num_classes, b)),
-          ('train', lambda: prepare_train(config, b, args, mesh, images, labels), None)):
+          ('train', lambda: prepare_train(config, b, args, mesh, images, labels, k=k), None)):
         info, timed = prep()
         reference = Timed(ref_build()) if has_ref and ref_build else None
         interleave([timed] + ([reference] if reference else []), args.warmup, args.steps)
-        entry[key] = _add_reference(_derive({'batch': b, **finish(info, timed)}, pk), reference)
+        stats = {'batch': b, **finish(info, timed)}
+        stats = per_step(stats, k) if key == 'train' else stats
+        entry[key] = _add_reference(_derive(stats, pk), reference)
       model_rows.append(entry)
       _say(f"{name} batch {b}: forward {entry['forward']['images_per_s']:.0f} img/s, "
            f"forward+backward {entry['forward_backward']['images_per_s']:.0f} img/s, "
@@ -461,6 +550,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       'flops_source': 'XLA cost_analysis of the compiled step (per device program)',
       'peak_flops': peak, 'peak_flops_source': f'median of jitted {n}x{n} matmul chains',
       'memory_kind': peak_memory()[1], 'methods': rows, 'models': model_rows,
+      'projection': projected, 'steps_per_call': k,
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'variants': VARIANTS,
       'reference': _reference_info(ref),
       'load_average_1min': {'start': load_before[0], 'end': load_after[0]}}

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / 'experiments' / 'benchmark.py'
 
 
@@ -22,7 +24,8 @@ def test_benchmark_writes_json_and_table(tmp_path):
   _load_benchmark().main([
       '--teacher', 'resnet8', '--student', 'resnet8', '--batch', '16', '--num_classes', '10',
       '--num_train', '64', '--methods', 'kd', '--warmup', '0', '--steps', '1',
-      '--matmul_size', '256', '--out', str(out)])
+      '--matmul_size', '256', '--steps_per_call', '2', '--epochs', '3', '--num_test', '40',
+      '--eval_batch', '16', '--out', str(out)])
   result = json.loads(out.read_text())
   for key in ('device', 'jax_version', 'date', 'git_commit', 'command', 'inputs', 'peak_flops',
               'memory_kind', 'methods', 'models'):
@@ -34,8 +37,16 @@ def test_benchmark_writes_json_and_table(tmp_path):
               'tflops_per_s', 'mfu', 'peak_memory_bytes'):
     assert row[key] > 0, key
   assert row['vs_kd'] == 1.0
+  # timed per call of 2 scanned steps, reported per step
+  assert result['steps_per_call'] == row['steps_per_call'] == 2
+  # the whole-run projection: 64 / 16 = 4 steps and ceil(40 / 16) = 3 test batches an epoch
+  p = result['projection']
+  assert p['method'] == 'kd' and p['steps_per_call'] == 2 and p['epochs'] == 3
+  assert (p['steps_per_epoch'], p['eval_batches']) == (4, 3)
+  assert 0 < p['busy_fraction'] <= 1 and p['step_s'] > 0 and p['eval_batch_s'] > 0
+  assert p['run_s'] == pytest.approx(3 * (4 * p['step_s'] + 3 * p['eval_batch_s']))
   table = out.with_suffix('.md').read_text()
-  assert '| kd |' in table
+  assert '| kd |' in table and 'A whole run: 3 epochs' in table
 
 
 def test_benchmark_reference_torch_and_variants(tmp_path):
