@@ -86,6 +86,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help='epochs of the projected run (the CIFAR-100 KD protocol)')
   p.add_argument('--num_test', type=int, default=10000, help='test images evaluated per epoch')
   p.add_argument('--eval_batch', type=int, default=256, help='train.eval_batch_size')
+  p.add_argument('--reference_device', default='auto',
+                 help="torch device of the reference: 'auto' (cuda when JAX runs on a GPU and "
+                      "torch sees one, else cpu), cpu, cuda, cuda:N")
+  p.add_argument('--reference_feed', default='device', choices=('device', 'loader'),
+                 help="the reference's batches: 'device' (gathered and augmented on its device "
+                      "inside the step, as kdjax does) or 'loader' (the official recipes' "
+                      "DataLoader with CPU augmentation in worker processes)")
+  p.add_argument('--loader_workers', type=int, default=4, help="workers of --reference_feed loader")
+  p.add_argument('--whole_epoch', action='store_true',
+                 help='also time one whole epoch of KD both ways (ceil(num_train / batch) steps)')
   p.add_argument('--variants', default='xla',
                  help=f"comma list of kdjax variants of the KD row: {', '.join(VARIANTS)}")
   return p.parse_args(argv)
@@ -310,8 +320,18 @@ def torch_steps(reference: str, args):
   # are oversubscribed (measured on a shared 2-core machine: resnet8 forward 800 ms
   # instead of 10); passive waiting has to be set before torch loads OpenMP
   os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+  import torch
   import torch_reference  # optional extra: only imported when asked for
-  return torch_reference, torch_reference.Augment(args.num_train, args.num_classes)
+  if args.reference_device == 'auto':
+    on_gpu = jax.devices()[0].platform == 'gpu' and torch.cuda.is_available()
+    args.reference_device = 'cuda' if on_gpu else 'cpu'
+  if args.reference_device.startswith('cuda'):
+    torch.backends.cudnn.benchmark = True  # as the official recipes set it
+  if args.reference_feed == 'loader':
+    return torch_reference, torch_reference.LoaderFeed(
+        args.num_train, args.num_classes, args.batch, args.loader_workers, args.reference_device)
+  return torch_reference, torch_reference.Augment(args.num_train, args.num_classes,
+                                                  device=args.reference_device)
 
 
 def torch_train(ref, data, name: str, config, batch: int, args) -> Timed | None:
@@ -322,7 +342,8 @@ def torch_train(ref, data, name: str, config, batch: int, args) -> Timed | None:
       name != 'train' and not ref.has_model(teacher)):
     return None
   import torch
-  step = ref.build_step(name, student, teacher, args.num_classes, data, dict(config.method))
+  step = ref.build_step(name, student, teacher, args.num_classes, data, dict(config.method),
+                        args.reference_device)
   gen = torch.Generator().manual_seed(0)
   return Timed(lambda: step(torch.randint(0, args.num_train, (batch,), generator=gen)))
 
@@ -337,14 +358,18 @@ def _add_reference(row: dict[str, Any], reference: Timed | None) -> dict[str, An
   return row
 
 
-def _reference_info(ref) -> dict[str, Any] | None:
+def _reference_info(ref, args: argparse.Namespace) -> dict[str, Any] | None:
   if ref is None:
     return None
   import torch
   return {'framework': 'torch', 'version': torch.__version__, 'threads': torch.get_num_threads(),
           'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', ''),
+          'device': args.reference_device, 'feed': args.reference_feed,
           'source': 'experiments/torch_reference.py (NCHW CIFAR ResNets, eval teacher under '
-                    'no_grad, same loss and SGD, augmentation inside the step)'}
+                    'no_grad, same loss and SGD, ' + (
+                        f'batches from a DataLoader with {args.loader_workers} workers '
+                        'augmenting on the CPU' if args.reference_feed == 'loader' else
+                        'augmentation inside the step') + ')'}
 
 
 def per_step(row: dict[str, Any], k: int) -> dict[str, Any]:
@@ -357,20 +382,32 @@ def per_step(row: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def projection(timed: Timed, row: dict[str, Any], k: int, eval_batch_s: float,
-               args: argparse.Namespace) -> dict[str, Any]:
+               args: argparse.Namespace, reference: Timed | None = None) -> dict[str, Any]:
   """How busy the device is when calls are issued as training issues them, and the
   projected wall time of a whole run of ``args.epochs`` epochs at this row's speed.
 
   ``busy_fraction`` = (calls x the blocked call's median time) / the pipelined wall time,
   at most 1: the blocked time is the device's work plus one dispatch, so 1 means the
-  device never waited for the host between calls, and less means it did."""
+  device never waited for the host between calls, and less means it did. With
+  ``--whole_epoch`` one whole epoch of steps is also timed, issued the same way, and so is
+  the PyTorch ``reference`` step (if any) the same number of times."""
   calls = max(args.steps, PIPELINED_MIN_CALLS)
   wall = timed.pipelined(calls)
   step_s = wall / (calls * k)
   steps_per_epoch = -(-args.num_train // row['batch'])
   eval_batches = -(-args.num_test // args.eval_batch)
   epoch_s = steps_per_epoch * step_s + eval_batches * eval_batch_s
-  return {'method': row['method'], 'steps_per_call': k, 'calls': calls, 'wall_s': wall,
+  measured = {}
+  if args.whole_epoch:
+    epoch_calls = -(-steps_per_epoch // k)
+    measured['epoch_train_s'] = (timed.pipelined(epoch_calls) * steps_per_epoch
+                                 / (epoch_calls * k))
+    if reference is not None:
+      t = time.perf_counter()
+      for _ in range(steps_per_epoch):
+        reference.fn()
+      measured['torch_epoch_train_s'] = time.perf_counter() - t
+  return {**measured, 'method': row['method'], 'steps_per_call': k, 'calls': calls, 'wall_s': wall,
           'step_s': step_s, 'busy_fraction': min(1.0, calls * k * row['step_s'] / wall),
           'epochs': args.epochs, 'steps_per_epoch': steps_per_epoch,
           'eval_batch': args.eval_batch, 'eval_batches': eval_batches,
@@ -412,7 +449,8 @@ def markdown(result: dict[str, Any]) -> str:
               "the same load. 'kdjax/PyTorch' = PyTorch's time / kdjax's (> 1: kdjax faster), "
               "from wall time and from process CPU time (CPU: user + system seconds of all "
               "threads, which the other processes' load does not inflate). "
-              f"Reference: torch {ref['version']}, {ref['threads']} threads, "
+              f"Reference: torch {ref['version']} on {ref.get('device', 'cpu')}, "
+              f"{ref['threads']} threads, "
               f"OMP_WAIT_POLICY={ref.get('omp_wait_policy') or '(unset)'}, {ref['source']}."
               if ref else '.'),
            '', f"`{result['command']}`", '']
@@ -445,6 +483,11 @@ def markdown(result: dict[str, Any]) -> str:
               f"| {p['steps_per_call']} | {1e3 * p['step_s']:.1f} | {100 * p['busy_fraction']:.0f} | "
               f"{p['steps_per_epoch']} | {p['eval_batch']} x {p['eval_batches']} | "
               f"{1e3 * p['eval_batch_s']:.1f} | {p['epoch_s']:.0f} | {p['run_s'] / 3600:.1f} |", '']
+    if 'epoch_train_s' in p:
+      torch_epoch = p.get('torch_epoch_train_s')
+      lines += [f"One whole epoch of training steps, measured: kdjax {p['epoch_train_s']:.1f} s"
+                + (f", PyTorch {torch_epoch:.1f} s (kdjax/PyTorch "
+                   f"{torch_epoch / p['epoch_train_s']:.2f}x)" if torch_epoch else '') + '.', '']
   if result['models']:
     lines += ['## Models alone (forward = eval mode; forward+backward = train-mode CE '
               'gradients, no update; train = the CE train step)', '',
@@ -505,7 +548,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       _add_reference(row, reference)
       rows.append(row)
       if name == 'kd' and variant == 'xla':
-        projected = projection(timed, row, k, eval_batch_seconds(args, mesh, images), args)
+        projected = projection(timed, row, k, eval_batch_seconds(args, mesh, images), args,
+                               reference)
         _say(f"projection: {projected['busy_fraction']:.0%} busy, {args.epochs} epochs in "
              f"{projected['run_s'] / 3600:.1f} h")
       _say(f"{name} [{variant}]: {1e3 * row['step_s']:.1f} ms/step, compile "
@@ -522,9 +566,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       has_ref = ref is not None and ref.has_model(name)
       for key, prep, ref_build in (
           ('forward', lambda: prepare_forward(name, b, args, mesh, images),
-           lambda: ref.build_forward(name, args.num_classes, b)),
+           lambda: ref.build_forward(name, args.num_classes, b, args.reference_device)),
           ('forward_backward', lambda: prepare_forward_backward(name, b, args, mesh, images, labels),
-           lambda: ref.build_forward_backward(name, args.num_classes, b)),
+           lambda: ref.build_forward_backward(name, args.num_classes, b,
+                                              args.reference_device)),
           ('train', lambda: prepare_train(config, b, args, mesh, images, labels, k=k), None)):
         info, timed = prep()
         reference = Timed(ref_build()) if has_ref and ref_build else None
@@ -552,7 +597,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       'memory_kind': peak_memory()[1], 'methods': rows, 'models': model_rows,
       'projection': projected, 'steps_per_call': k,
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'variants': VARIANTS,
-      'reference': _reference_info(ref),
+      'reference': _reference_info(ref, args),
       'load_average_1min': {'start': load_before[0], 'end': load_after[0]}}
   out = args.out or os.path.join(ROOT, 'results', f'benchmark_{platform}.json')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,29 +89,95 @@ def create_model(name: str, num_classes: int) -> nn.Module:
 
 # ---------------------------------------------------------------- data on the "device"
 
-class Augment:
-  """Gathers rows of a uint8 NHWC training set and applies the §1 train augmentation."""
+def synthetic_set(num_train: int, num_classes: int, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+  """Random uint8 NHWC images and labels: benchmark inputs, not a dataset."""
+  g = torch.Generator().manual_seed(seed)
+  return (torch.randint(0, 256, (num_train, 32, 32, 3), dtype=torch.uint8, generator=g),
+          torch.randint(0, num_classes, (num_train,), generator=g))
 
-  def __init__(self, num_train: int, num_classes: int = 100, seed: int = 0, padding: int = 4):
-    g = torch.Generator().manual_seed(seed)
-    self.images = torch.randint(0, 256, (num_train, 32, 32, 3), dtype=torch.uint8, generator=g)
-    self.labels = torch.randint(0, num_classes, (num_train,), generator=g)
+
+def synchronize(device: str) -> None:
+  """Waits for the device's queued work (CUDA runs asynchronously)."""
+  if device.startswith('cuda'):
+    torch.cuda.synchronize()
+
+
+class Augment:
+  """Gathers rows of a uint8 NHWC training set held on ``device`` and applies the §1 train
+  augmentation there, as kdjax's step does: ``augment(idx) -> (x, y, idx)``."""
+
+  def __init__(self, num_train: int, num_classes: int = 100, seed: int = 0, padding: int = 4,
+               device: str = 'cpu'):
+    images, labels = synthetic_set(num_train, num_classes, seed)
+    self.images, self.labels, self.device = images.to(device), labels.to(device), device
     self.padding = padding
-    self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    self.std = torch.tensor(STD).view(1, 3, 1, 1)
+    self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
 
   def __call__(self, idx: torch.Tensor):
+    idx = idx.to(self.device)
     x = self.images[idx].permute(0, 3, 1, 2).float().div_(255)
     x = (x - self.mean) / self.std
-    b, p = x.shape[0], self.padding
+    b, p, dev = x.shape[0], self.padding, self.device
     x = F.pad(x, (p, p, p, p))
-    dy, dx = torch.randint(0, 2 * p + 1, (2, b))
-    rows = (dy[:, None] + torch.arange(32))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(32))[:, None, None, :]
-    x = x[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-    flip = torch.rand(b) < 0.5
+    dy, dx = torch.randint(0, 2 * p + 1, (2, b), device=dev)
+    rows = (dy[:, None] + torch.arange(32, device=dev))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(32, device=dev))[:, None, None, :]
+    x = x[torch.arange(b, device=dev)[:, None, None, None],
+          torch.arange(3, device=dev)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, device=dev) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x.contiguous(), self.labels[idx]
+    return x.contiguous(), self.labels[idx], idx
+
+
+class _AugmentedSet(torch.utils.data.Dataset):
+  """One example, augmented on the CPU in a loader worker (what torchvision's RandomCrop(32,
+  padding=4) + RandomHorizontalFlip + Normalize do), with its index (CRD needs it)."""
+
+  def __init__(self, images: torch.Tensor, labels: torch.Tensor, padding: int):
+    self.images, self.labels, self.padding = images.numpy(), labels, padding
+    self.mean = np.asarray(MEAN, np.float32)[:, None, None]
+    self.std = np.asarray(STD, np.float32)[:, None, None]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, i: int):
+    p = self.padding
+    x = np.pad(self.images[i], ((p, p), (p, p), (0, 0)))
+    dy, dx = np.random.randint(0, 2 * p + 1, 2)
+    x = x[dy:dy + 32, dx:dx + 32]
+    if np.random.rand() < 0.5:
+      x = x[:, ::-1]
+    x = (x.transpose(2, 0, 1).astype(np.float32) / 255 - self.mean) / self.std
+    return torch.from_numpy(x), self.labels[i], i
+
+
+class LoaderFeed:
+  """The official recipes' input path: a ``DataLoader`` (shuffled, ``workers`` processes
+  augmenting on the CPU, pinned memory on CUDA) whose batches are copied to ``device``;
+  ``feed(idx) -> (x, y, idx)`` ignores ``idx`` and returns the loader's next batch."""
+
+  def __init__(self, num_train: int, num_classes: int, batch: int, workers: int,
+               device: str = 'cpu', seed: int = 0, padding: int = 4):
+    images, labels = synthetic_set(num_train, num_classes, seed)
+    self.device = device
+    self.loader = torch.utils.data.DataLoader(
+        _AugmentedSet(images, labels, padding), batch_size=batch, shuffle=True,
+        num_workers=workers, pin_memory=device.startswith('cuda'), drop_last=True,
+        persistent_workers=workers > 0)
+    self._it = iter(self.loader)
+    self.images = images  # its size sizes CRD's memories
+
+  def __call__(self, idx: torch.Tensor | None = None):
+    try:
+      x, y, i = next(self._it)
+    except StopIteration:
+      self._it = iter(self.loader)
+      x, y, i = next(self._it)
+    put = lambda t: t.to(self.device, non_blocking=True)
+    return put(x), put(y), put(i)
 
 
 # ---------------------------------------------------------------- losses (methods.md)
@@ -145,7 +212,8 @@ class CRD(nn.Module):
 
   def forward(self, f_s, f_t, idx):
     v_s, v_t = l2n(self.embed_s(f_s)), l2n(self.embed_t(f_t))
-    cidx = torch.cat([idx[:, None], torch.randint(0, self.n_data, (idx.shape[0], self.k))], 1)
+    negatives = torch.randint(0, self.n_data, (idx.shape[0], self.k), device=idx.device)
+    cidx = torch.cat([idx[:, None], negatives], 1)
     out_s = torch.exp(torch.bmm(self.mem_t[cidx], v_s[:, :, None])[..., 0] / self.t)
     out_t = torch.exp(torch.bmm(self.mem_s[cidx], v_t[:, :, None])[..., 0] / self.t)
     if self.z_s is None:
@@ -173,7 +241,7 @@ class ICD(nn.Module):
     e_s, e_t = l2n(self.embed_s(f_s), 1e-12), l2n(self.embed_t(f_t), 1e-12)
     s = self.log_scale.exp().clamp(0, self.max_scale) * e_s @ e_t.T + self.bias
     log_p1 = F.log_softmax(s, 1)
-    con = F.cross_entropy(s, torch.arange(s.shape[0]))
+    con = F.cross_entropy(s, torch.arange(s.shape[0], device=s.device))
     inv = F.kl_div(log_p1, F.softmax(s, 0).T, reduction='batchmean')
     return con + self.alpha_inv * inv
 
@@ -214,14 +282,17 @@ class CID(nn.Module):
 # ---------------------------------------------------------------- steps
 
 def build_step(method: str, student_name: str, teacher_name: str | None, num_classes: int,
-               data: Augment, weights: dict[str, float]) -> Callable[[torch.Tensor], float]:
-  """``step(idx)``: one train step of ``method`` ('train' = CE without a teacher)."""
-  student = create_model(student_name, num_classes).train()
-  teacher = create_model(teacher_name, num_classes).eval() if method != 'train' else None
+               data: Augment | LoaderFeed, weights: dict[str, float], device: str = 'cpu'
+               ) -> Callable[[torch.Tensor], float]:
+  """``step(idx)``: one train step of ``method`` ('train' = CE without a teacher) on the
+  batch ``data(idx)`` gives, finished on the device when it returns."""
+  student = create_model(student_name, num_classes).train().to(device)
+  teacher = (create_model(teacher_name, num_classes).eval().to(device)
+             if method != 'train' else None)
   if teacher is not None:
     for p in teacher.parameters():
       p.requires_grad_(False)
-  probe = torch.zeros(2, 3, 32, 32)
+  probe = torch.zeros(2, 3, 32, 32, device=device)
   with torch.no_grad():
     d_s = student.eval()(probe)[1][-1].shape[1]
     d_t = teacher(probe)[1][-1].shape[1] if teacher is not None else 0
@@ -233,6 +304,8 @@ def build_step(method: str, student_name: str, teacher_name: str | None, num_cla
     extra = ICD(d_s, d_t)
   elif method == 'cid':
     extra = CID(d_s, d_t, num_classes)
+  if extra is not None:
+    extra.to(device)
   params = list(student.parameters()) + (list(extra.parameters()) if extra is not None else [])
   opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4,
                         nesterov=method == 'cid')
@@ -240,7 +313,7 @@ def build_step(method: str, student_name: str, teacher_name: str | None, num_cla
                            (('gamma', 1.0), ('alpha', 0.0), ('beta', 0.0), ('temperature', 4.0)))
 
   def step(idx: torch.Tensor) -> float:
-    x, y = data(idx)
+    x, y, idx = data(idx)
     z_t = f_t = None
     if teacher is not None:
       with torch.no_grad():
@@ -261,30 +334,37 @@ def build_step(method: str, student_name: str, teacher_name: str | None, num_cla
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    synchronize(device)
     return loss
 
   return step
 
 
-def build_forward(name: str, num_classes: int, batch: int) -> Callable[[], torch.Tensor]:
+def build_forward(name: str, num_classes: int, batch: int, device: str = 'cpu'
+                  ) -> Callable[[], torch.Tensor]:
   """Eval-mode forward under ``no_grad`` of a fixed normalised batch."""
-  model = create_model(name, num_classes).eval()
-  x = torch.randn(batch, 3, 32, 32)
+  model = create_model(name, num_classes).eval().to(device)
+  x = torch.randn(batch, 3, 32, 32, device=device)
 
   def fwd():
     with torch.no_grad():
-      return model(x)[0]
+      out = model(x)[0]
+    synchronize(device)
+    return out
 
   return fwd
 
 
-def build_forward_backward(name: str, num_classes: int, batch: int) -> Callable[[], None]:
+def build_forward_backward(name: str, num_classes: int, batch: int, device: str = 'cpu'
+                           ) -> Callable[[], None]:
   """Train-mode forward + backward of CE on a fixed batch (no optimizer update)."""
-  model = create_model(name, num_classes).train()
-  x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, num_classes, (batch,))
+  model = create_model(name, num_classes).train().to(device)
+  x = torch.randn(batch, 3, 32, 32, device=device)
+  y = torch.randint(0, num_classes, (batch,), device=device)
 
   def fwd_bwd():
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x)[0], y).backward()
+    synchronize(device)
 
   return fwd_bwd

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'experiments' / 'benchmark.py'
@@ -58,7 +59,7 @@ def test_benchmark_reference_torch_and_variants(tmp_path):
       '--teacher', 'resnet8', '--student', 'resnet8', '--batch', '8', '--num_classes', '10',
       '--num_train', '32', '--methods', 'kd,icd', '--variants', 'xla,fold', '--warmup', '0',
       '--steps', '1', '--matmul_size', '128', '--models', 'resnet8', '--batch_sizes', '8',
-      '--reference', 'torch', '--out', str(out)])
+      '--reference', 'torch', '--whole_epoch', '--out', str(out)])
   result = json.loads(out.read_text())
   assert [(r['method'], r['variant']) for r in result['methods']] == [
       ('kd', 'xla'), ('kd', 'fold'), ('icd', 'xla')]
@@ -70,5 +71,29 @@ def test_benchmark_reference_torch_and_variants(tmp_path):
     assert model[key]['torch']['step_s'] > 0 and model[key]['vs_torch'] > 0
   assert 'torch' not in model['train']  # the reference has no full-step model row
   assert result['reference']['framework'] == 'torch'
+  assert result['reference']['device'] == 'cpu'  # 'auto' on a CPU-only JAX
+  # --whole_epoch: 32 / 8 = 4 steps timed both ways
+  p = result['projection']
+  assert p['epoch_train_s'] > 0 and p['torch_epoch_train_s'] > 0
   table = out.with_suffix('.md').read_text()
   assert '| kd | fold |' in table and 'kdjax/PyTorch' in table
+
+
+def test_torch_reference_loader_feed_trains_a_step():
+  """--reference_feed loader: the official recipes' DataLoader path (CPU augmentation)."""
+  import pytest
+  torch = pytest.importorskip('torch', reason='the PyTorch reference is an optional extra')
+  sys.path.insert(0, str(SCRIPT.parent))
+  import torch_reference as ref
+  feed = ref.LoaderFeed(num_train=24, num_classes=10, batch=8, workers=0)
+  x, y, idx = feed()
+  assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
+  assert y.shape == idx.shape == (8,) and bool((idx >= 0).all() and (idx < 24).all())
+  # labels travel with their examples; normalised pixels stay in the range of [0, 255]
+  assert torch.equal(y, ref.synthetic_set(24, 10)[1][idx])
+  low = (0 - max(ref.MEAN)) / min(ref.STD)
+  high = (1 - min(ref.MEAN)) / min(ref.STD)
+  assert float(x.min()) >= low - 1e-5 and float(x.max()) <= high + 1e-5
+  step = ref.build_step('crd', 'resnet8', 'resnet8', 10, feed, {'beta': 0.8}, 'cpu')
+  losses = [step(None).item() for _ in range(4)]  # one epoch and the start of the next
+  assert all(np.isfinite(losses))
