@@ -168,12 +168,23 @@ def test_synthesis_agrees_on_1_and_8_devices(fake_teacher):
   np.testing.assert_allclose(results[0][0], results[1][0], atol=2e-5)
   # the state went through Adam, whose normalised step turns a summation-order difference
   # in a near-zero gradient into a step of the other sign (meta lr = lr_g * g_steps): every
-  # leaf within two meta steps, and its typical (median) element within float32 noise
+  # parameter and statistic within two meta steps, its typical (median) element within
+  # float32 noise. Adam's moments hold raw gradients, sums over the batch and positions
+  # that cancel and whose summation order differs with 8 devices: they are compared
+  # relative to their own scale (on a 2-core AMD EPYC the first moment of a generator
+  # BatchNorm scale is 1.2e-4 apart in median, of a bias of magnitude 250 0.009 at most)
   one_step = c.datafree.fast.lr_g * 2
-  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
-    diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    assert diff.max() <= 2.02 * one_step + 2e-5
-    assert np.median(diff) <= 2e-5 + 1e-4 * np.median(np.abs(np.asarray(b)))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results[0][1]),
+                          jax.tree.leaves(results[1][1])):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff, scale = np.abs(a - b), np.abs(b)
+    name = jax.tree_util.keystr(path)
+    if 'meta_opt' in name:
+      assert np.median(diff) <= 2e-5 + 5e-4 * np.median(scale), name
+      assert diff.max() <= 2e-5 + 1e-3 * scale.max(), name
+    else:
+      assert diff.max() <= 2.02 * one_step + 2e-5, name
+      assert np.median(diff) <= 2e-5 + 1e-4 * np.median(scale), name
   np.testing.assert_allclose(float(results[0][2]['loss']), float(results[1][2]['loss']),
                              rtol=1e-5)
 
