@@ -166,7 +166,10 @@ class LoaderFeed:
     self.loader = torch.utils.data.DataLoader(
         _AugmentedSet(images, labels, padding), batch_size=batch, shuffle=True,
         num_workers=workers, pin_memory=device.startswith('cuda'), drop_last=True,
-        persistent_workers=workers > 0)
+        persistent_workers=workers > 0,
+        # spawned, not forked: the benchmark process already runs JAX's threads, and a
+        # fork of a multithreaded process can deadlock
+        multiprocessing_context='spawn' if workers > 0 else None)
     self._it = iter(self.loader)
     self.images = images  # its size sizes CRD's memories
 

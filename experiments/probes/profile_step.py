@@ -1,6 +1,7 @@
 # Probe (issue 18): where the time of one method's train step goes, per compiled op (XLA
 # CPU thunks), from a jax.profiler trace. Run as:
-#   XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true python experiments/probes/profile_step.py crd
+#   XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true python experiments/probes/profile_step.py crd \
+#       [benchmark.py arguments, e.g. --teacher resnet56 --student resnet20]
 import collections
 import glob
 import gzip
@@ -23,7 +24,7 @@ CALLS = 3
 
 method = sys.argv[1] if len(sys.argv) > 1 else 'kd'
 mesh = make_mesh()
-args = benchmark.parse_args(['--warmup', '1', '--steps', '3'])
+args = benchmark.parse_args(['--warmup', '1', '--steps', '3'] + sys.argv[2:])
 images = replicate(jax.random.bits(jax.random.PRNGKey(0), (50000, 32, 32, 3), jnp.uint8), mesh)
 labels = replicate(jax.random.randint(jax.random.PRNGKey(1), (50000,), 0, 100, jnp.int32), mesh)
 config = benchmark.method_config(method, args.teacher, args.student, 'float32')
