@@ -177,8 +177,9 @@ class Timed:
   On a shared machine the wall time also counts the time the OS ran other processes;
   the CPU time does not (it does count threads spinning while they wait)."""
 
-  def __init__(self, fn: Callable[[], Any]):
-    self.fn, self.wall, self.cpu = fn, [], []
+  def __init__(self, fn: Callable[[], Any], pipelined: Callable[[int], float] | None = None):
+    # pipelined(calls): wall seconds of that many calls issued as training issues them
+    self.fn, self.pipelined, self.wall, self.cpu = fn, pipelined, [], []
 
   def once(self, keep: bool) -> None:
     c, t = process_cpu_s(), time.perf_counter()
@@ -232,10 +233,9 @@ def prepare(jitted, args: tuple, next_args: Callable) -> tuple[dict[str, float],
     return time.perf_counter() - t
 
   mem = compiled.memory_analysis()
-  timed = Timed(lambda: jax.block_until_ready(issue()))
-  timed.pipelined = pipelined
   return ({'compile_s': compile_s, 'first_call_s': first_s, 'flops_per_step': _flops(compiled),
-           'xla_temp_bytes': int(getattr(mem, 'temp_size_in_bytes', 0) or 0)}, timed)
+           'xla_temp_bytes': int(getattr(mem, 'temp_size_in_bytes', 0) or 0)},
+          Timed(lambda: jax.block_until_ready(issue()), pipelined))
 
 
 def finish(info: dict[str, float], timed: Timed) -> dict[str, float]:

@@ -81,7 +81,6 @@ def test_benchmark_reference_torch_and_variants(tmp_path):
 
 def test_torch_reference_loader_feed_trains_a_step():
   """--reference_feed loader: the official recipes' DataLoader path (CPU augmentation)."""
-  import pytest
   torch = pytest.importorskip('torch', reason='the PyTorch reference is an optional extra')
   sys.path.insert(0, str(SCRIPT.parent))
   import torch_reference as ref
